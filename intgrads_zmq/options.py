@@ -1,0 +1,217 @@
+"""Request options: names, defaults, limits and validation.
+
+Pure Python (no torch, no zmq) so the HTTP frontend can reject a bad request
+before it reaches the broker, and the worker can check again what a peer sent
+(a remote frontend is not trusted blindly). Validation errors are
+:class:`~intgrads_zmq.errors.BadRequest` naming the offending field.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Mapping
+
+from .errors import BadRequest
+
+METHODS = (
+    "gausslegendre",
+    "riemann_left",
+    "riemann_right",
+    "riemann_middle",
+    "riemann_trapezoid",
+)
+BASELINES = ("zero", "pad", "unk", "rand-norm", "rand-unif", "period")
+TENSOR_FIELDS = (
+    "integrated_gradients",
+    "intermediate_gradients",
+    "step_sizes",
+    "intermediates",
+)
+OPTION_NAMES = ("target", "n_steps", "method", "baseline", "max_length", "seed")
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Server-side bounds that no request may exceed."""
+
+    max_steps: int = 300
+    max_length: int = 512
+    max_sequence_chars: int = 100_000
+    max_sequences: int = 64
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class AttributionOptions:
+    """Fully resolved options for one attribution (defaults filled in)."""
+
+    target: int | str | None = None
+    n_steps: int = 50
+    method: str = "gausslegendre"
+    baseline: str = "zero"
+    max_length: int = 512
+    seed: int = 0
+    fields: tuple[str, ...] = field(default=TENSOR_FIELDS)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["fields"] = list(self.fields)
+        return data
+
+
+def _require_int(name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"'{name}' must be an integer, got {_describe(value)}", field=name)
+    if not low <= value <= high:
+        raise BadRequest(f"'{name}' must be between {low} and {high}, got {value}", field=name)
+    return value
+
+
+def _require_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise BadRequest(
+            f"'{name}' must be one of {', '.join(choices)}; got {_describe(value)}",
+            field=name,
+        )
+    return value
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "a non-finite number"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def validate_target(value: Any) -> int | str | None:
+    """A class index (int >= 0), a label name (non-empty str) or None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if not value or len(value) > 200:
+            raise BadRequest("'target' label name must be 1 to 200 characters", field="target")
+        return value
+    return _require_int("target", value, 0, 1_000_000)
+
+
+def validate_options(raw: Mapping[str, Any], limits: Limits) -> dict[str, Any]:
+    """Check the options a client set; return only those, validated.
+
+    Unset options are left out so that the serving worker can apply its own
+    defaults (``--baseline`` and friends are per-worker settings).
+    """
+    out: dict[str, Any] = {}
+    if "target" in raw:
+        out["target"] = validate_target(raw["target"])
+    if "n_steps" in raw:
+        out["n_steps"] = _require_int("n_steps", raw["n_steps"], 1, limits.max_steps)
+    if "method" in raw:
+        out["method"] = _require_choice("method", raw["method"], METHODS)
+    if "baseline" in raw:
+        out["baseline"] = _require_choice("baseline", raw["baseline"], BASELINES)
+    if "max_length" in raw:
+        out["max_length"] = _require_int("max_length", raw["max_length"], 2, limits.max_length)
+    if "seed" in raw:
+        out["seed"] = _require_int("seed", raw["seed"], 0, MAX_SEED)
+    if "fields" in raw:
+        out["fields"] = validate_fields(raw["fields"])
+    if out.get("method") == "riemann_trapezoid" and out.get("n_steps") == 1:
+        raise BadRequest("'n_steps' must be at least 2 for riemann_trapezoid", field="n_steps")
+    return out
+
+
+def validate_fields(value: Any) -> tuple[str, ...]:
+    """Which of the four big tensors to return (a list; may be empty)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadRequest("'fields' must be a list of tensor names", field="fields")
+    unknown = [v for v in value if v not in TENSOR_FIELDS]
+    if unknown:
+        raise BadRequest(
+            f"'fields' has unknown names {unknown}; choose from {', '.join(TENSOR_FIELDS)}",
+            field="fields",
+        )
+    return tuple(name for name in TENSOR_FIELDS if name in value)
+
+
+def resolve_options(
+    provided: Mapping[str, Any], defaults: AttributionOptions, limits: Limits
+) -> AttributionOptions:
+    """Validate what a peer sent and fill the gaps from the worker's defaults."""
+    checked = validate_options(provided, limits)
+    unknown = set(provided) - set(OPTION_NAMES) - {"fields"}
+    if unknown:
+        name = sorted(unknown)[0]
+        raise BadRequest(f"unknown option '{name}'", field=name)
+    options = replace(defaults, **checked)
+    if options.method == "riemann_trapezoid" and options.n_steps < 2:
+        raise BadRequest("'n_steps' must be at least 2 for riemann_trapezoid", field="n_steps")
+    if options.max_length > limits.max_length:
+        options = replace(options, max_length=limits.max_length)
+    return options
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    """A validated HTTP body: the texts plus the options the client set."""
+
+    sequences: tuple[str, ...]
+    options: dict[str, Any]
+    batch: bool  # the client sent "sequences" (a list) rather than "sequence"
+
+
+REQUEST_KEYS = frozenset({"sequence", "sequences", *OPTION_NAMES, "fields"})
+
+
+def parse_request(body: Any, limits: Limits) -> ParsedRequest:
+    """Validate a decoded JSON body of ``POST /model/``."""
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object with a 'sequence'", field="sequence")
+    unknown = sorted(set(body) - REQUEST_KEYS)
+    if unknown:
+        raise BadRequest(
+            f"unknown field '{unknown[0]}'; allowed: {', '.join(sorted(REQUEST_KEYS))}",
+            field=unknown[0],
+        )
+    if "sequence" in body and "sequences" in body:
+        raise BadRequest("send either 'sequence' or 'sequences', not both", field="sequences")
+    if "sequences" in body:
+        texts = body["sequences"]
+        if not isinstance(texts, list) or not texts:
+            raise BadRequest("'sequences' must be a non-empty list of strings", field="sequences")
+        if len(texts) > limits.max_sequences:
+            raise BadRequest(
+                f"'sequences' may hold at most {limits.max_sequences} texts", field="sequences"
+            )
+        sequences = tuple(_check_text("sequences", t, limits) for t in texts)
+        batch = True
+    elif "sequence" in body:
+        sequences = (_check_text("sequence", body["sequence"], limits),)
+        batch = False
+    else:
+        raise BadRequest("missing 'sequence': the text to explain", field="sequence")
+    options = validate_options({k: v for k, v in body.items() if k in OPTION_NAMES or k == "fields"}, limits)
+    return ParsedRequest(sequences=sequences, options=options, batch=batch)
+
+
+def _check_text(name: str, text: Any, limits: Limits) -> str:
+    if not isinstance(text, str):
+        raise BadRequest(f"'{name}' must be a string, got {_describe(text)}", field=name)
+    if not text.strip():
+        raise BadRequest(f"'{name}' is empty", field=name)
+    if len(text) > limits.max_sequence_chars:
+        raise BadRequest(
+            f"'{name}' is longer than {limits.max_sequence_chars} characters", field=name
+        )
+    if "\x00" in text:
+        raise BadRequest(f"'{name}' contains a NUL character", field=name)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"'{name}' is not valid Unicode (lone surrogate)", field=name) from None
+    return text
