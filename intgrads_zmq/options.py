@@ -9,8 +9,9 @@ before it reaches the broker, and the worker can check again what a peer sent
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import BadRequest
 
@@ -52,7 +53,7 @@ class AttributionOptions:
     target: int | str | None = None
     n_steps: int = 50
     method: str = "gausslegendre"
-    baseline: str = "zero"
+    baseline: str = "pad"
     max_length: int = 512
     seed: int = 0
     fields: tuple[str, ...] = field(default=TENSOR_FIELDS)

@@ -1,0 +1,164 @@
+"""From a text and options to integrated and intermediate gradients.
+
+:func:`attribute` is the public entry point: tokenise, build x and x', score
+both, pick the target, run the path once, and assemble the four seed outputs
+plus what a reader needs to trust them (tokens, probabilities, F(x), F(x'),
+the completeness error). Results are CPU float32 tensors and plain data.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import BadRequest, DeadlineExceeded
+from ..models.base import ClassifierAdapter
+from ..options import AttributionOptions
+from .baselines import make_baseline
+from .memory import ChunkPlanner
+from .path import BeforeChunk, integrate_path, precision_context
+from .rules import path_rule
+
+
+@dataclass
+class AttributionResult:
+    """The tensors asked for (CPU, float32, contiguous) and JSON-able metadata."""
+
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_target(target: int | str | None, labels: list[str], predicted: int) -> int:
+    """Class index from an index, a label name, or None (the prediction)."""
+    if target is None:
+        return predicted
+    if isinstance(target, int):
+        if not 0 <= target < len(labels):
+            raise BadRequest(
+                f"'target' {target} is out of range: the model has {len(labels)} classes "
+                f"({', '.join(labels)})",
+                field="target",
+            )
+        return target
+    if target in labels:
+        return labels.index(target)
+    lowered = [label.lower() for label in labels]
+    if target.lower() in lowered:
+        return lowered.index(target.lower())
+    raise BadRequest(
+        f"'target' {target!r} is not a label of this model; labels: {', '.join(labels)}",
+        field="target",
+    )
+
+
+def attribute(
+    adapter: ClassifierAdapter,
+    text: str,
+    options: AttributionOptions,
+    *,
+    planner: ChunkPlanner | None = None,
+    dtype: str = "float32",
+    deadline: float | None = None,
+    before_chunk: BeforeChunk | None = None,
+) -> AttributionResult:
+    """Compute every output for ``text`` in one pass over the path."""
+    started = time.perf_counter()
+    planner = planner or ChunkPlanner()
+    hooks = _chunk_hooks(deadline, before_chunk)
+    encoded = adapter.encode(text, options.max_length)
+    layer_input = adapter.layer_output(encoded.input_ids, encoded).float()
+    baseline = make_baseline(adapter, encoded, options.baseline, options.seed, layer_input)
+
+    precision = precision_context(dtype, layer_input.device)
+    with torch.no_grad(), precision():
+        ends = adapter.logits_from_layer(torch.cat([layer_input, baseline]), encoded).float()
+    probabilities = torch.softmax(ends[0], dim=-1)
+    target = resolve_target(options.target, adapter.labels, int(probabilities.argmax()))
+
+    alphas, weights = path_rule(options.method, options.n_steps)
+    path = integrate_path(
+        adapter,
+        encoded,
+        layer_input,
+        baseline,
+        alphas,
+        weights,
+        target,
+        planner=planner,
+        dtype=dtype,
+        keep_gradients="intermediate_gradients" in options.fields,
+        before_chunk=hooks,
+    )
+    diff_cpu = (layer_input - baseline).cpu()
+    integrated = diff_cpu * path.weighted_gradients
+    f_input, f_baseline = float(ends[0, target]), float(ends[1, target])
+
+    tensors = _tensors(options, integrated, path.gradients, weights, alphas, baseline, diff_cpu)
+    total = float(integrated.sum(dtype=torch.float64))
+    delta = f_input - f_baseline
+    meta = {
+        "model": adapter.name,
+        "tokens": encoded.tokens,
+        "labels": list(adapter.labels),
+        "probabilities": [float(p) for p in probabilities],
+        "target": target,
+        "target_label": adapter.labels[target],
+        "f_input": f_input,
+        "f_baseline": f_baseline,
+        "attribution_sum": total,
+        "completeness_error": abs(total - delta),
+        "relative_completeness_error": abs(total - delta) / abs(delta) if delta else math.inf,
+        "truncated": encoded.truncated,
+        "n_steps": options.n_steps,
+        "method": options.method,
+        "baseline": options.baseline,
+        "seed": options.seed,
+        "dtype": dtype,
+        "attributions": [float(v) for v in integrated[0].sum(dim=-1, dtype=torch.float64)],
+        "alphas": [float(a) for a in alphas],
+        "path_integrand": [float(v) for v in path.integrand],
+        "timings": {
+            "compute_seconds": time.perf_counter() - started,
+            "chunk_steps": path.chunk_steps,
+            "chunks": path.chunks,
+        },
+    }
+    return AttributionResult(tensors=tensors, meta=meta)
+
+
+def _tensors(
+    options: AttributionOptions,
+    integrated: torch.Tensor,
+    gradients: torch.Tensor | None,
+    weights: Any,
+    alphas: Any,
+    baseline: torch.Tensor,
+    diff_cpu: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    wanted = set(options.fields)
+    out: dict[str, torch.Tensor] = {}
+    if "integrated_gradients" in wanted:
+        out["integrated_gradients"] = integrated.contiguous()
+    if "intermediate_gradients" in wanted and gradients is not None:
+        out["intermediate_gradients"] = gradients
+    if "step_sizes" in wanted:
+        out["step_sizes"] = torch.tensor(weights, dtype=torch.float32).view(-1, 1)
+    if "intermediates" in wanted:
+        alpha = torch.tensor(alphas, dtype=torch.float32).view(-1, 1, 1)
+        out["intermediates"] = (baseline.cpu() + alpha * diff_cpu).contiguous()
+    return out
+
+
+def _chunk_hooks(deadline: float | None, extra: BeforeChunk | None) -> BeforeChunk:
+    def before(steps: int) -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            raise DeadlineExceeded("the request's deadline passed while computing")
+        if extra is not None:
+            extra(steps)
+
+    return before
+

@@ -1,0 +1,143 @@
+"""The one pass over the integration path.
+
+Each chunk of path points x' + a(x - x') goes forward and back once. From the
+same gradients come all four outputs: the per-step gradients (kept on the
+CPU as they are made), the weighted sum that gives the integrated gradients,
+and the integrand per step (for the "was n_steps enough" plot). The original
+server ran the whole path twice to get the same things.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager as ContextManager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import OutOfMemory
+from ..models.base import ClassifierAdapter, EncodedText
+from .memory import ChunkPlanner
+
+BeforeChunk = Callable[[int], None]
+
+
+@dataclass
+class PathResult:
+    """Everything the pass produced, on the CPU, float32."""
+
+    weighted_gradients: torch.Tensor  # (1, T, H): sum_k w_k g_k
+    gradients: torch.Tensor | None  # (n, T, H) if kept
+    integrand: np.ndarray  # (n,): sum over tokens and hidden of g_k * (x - x')
+    chunk_steps: int
+    chunks: int
+
+
+def precision_context(dtype: str, device: torch.device) -> Callable[[], ContextManager]:
+    """Autocast to bf16 when asked; float32 runs as is."""
+    if dtype == "bf16":
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
+
+
+def target_gradients(
+    adapter: ClassifierAdapter,
+    encoded: EncodedText,
+    points: torch.Tensor,
+    target: int,
+    precision: Callable[[], ContextManager],
+) -> torch.Tensor:
+    """d logit[target] / d points, for a batch of points (each independent)."""
+    points = points.detach().requires_grad_(True)
+    with torch.enable_grad():
+        with precision():
+            logits = adapter.logits_from_layer(points, encoded)
+        selected = logits[:, target].float().sum()
+        (grads,) = torch.autograd.grad(selected, points)
+    return grads
+
+
+def integrate_path(
+    adapter: ClassifierAdapter,
+    encoded: EncodedText,
+    layer_input: torch.Tensor,
+    baseline: torch.Tensor,
+    alphas: np.ndarray,
+    weights: np.ndarray,
+    target: int,
+    *,
+    planner: ChunkPlanner,
+    dtype: str,
+    keep_gradients: bool,
+    before_chunk: BeforeChunk | None = None,
+) -> PathResult:
+    """Run the path in memory-bounded chunks; halve a chunk that runs out of memory."""
+    device = layer_input.device
+    n_steps = len(alphas)
+    tokens, width = layer_input.shape[1], layer_input.shape[2]
+    diff = layer_input - baseline
+    alpha_dev = torch.as_tensor(alphas, dtype=torch.float32, device=device)
+    weight_dev = torch.as_tensor(weights, dtype=torch.float32, device=device)
+    precision = precision_context(dtype, device)
+    hints = adapter.size_hints()
+
+    weighted = torch.zeros((1, tokens, width), dtype=torch.float32, device=device)
+    integrand = torch.empty(n_steps, dtype=torch.float64, device=device)
+    gradients = None
+    if keep_gradients:
+        pin = device.type == "cuda"
+        gradients = torch.empty((n_steps, tokens, width), dtype=torch.float32, pin_memory=pin)
+
+    chunk = planner.chunk_steps(hints, tokens, n_steps, dtype)
+    start, chunks = 0, 0
+    while start < n_steps:
+        stop = min(n_steps, start + chunk)
+        try:
+            if before_chunk is not None:
+                before_chunk(stop - start)
+            points = baseline + alpha_dev[start:stop, None, None] * diff
+            grads = target_gradients(adapter, encoded, points, target, precision)
+        except Exception as exc:  # noqa: BLE001 - only OOM is handled here
+            if not is_out_of_memory(exc):
+                raise
+            _release_memory(device)
+            if chunk == 1:
+                raise OutOfMemory(
+                    f"one path step of a {tokens}-token input does not fit in memory"
+                ) from exc
+            planner.learn_oom(chunk, tokens, hints, dtype)
+            chunk = max(1, chunk // 2)
+            continue
+        weighted += (grads * weight_dev[start:stop, None, None]).sum(0, keepdim=True)
+        integrand[start:stop] = (grads * diff).sum(dim=(1, 2), dtype=torch.float64)
+        if gradients is not None:
+            gradients[start:stop].copy_(grads, non_blocking=True)
+        del grads, points
+        start = stop
+        chunks += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return PathResult(
+        weighted_gradients=weighted.cpu(),
+        gradients=gradients,
+        integrand=integrand.cpu().numpy(),
+        chunk_steps=chunk,
+        chunks=chunks,
+    )
+
+
+def _release_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+

@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: tiny models, running the real stack."""
