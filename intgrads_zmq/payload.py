@@ -7,6 +7,7 @@ frontend never needs torch.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,12 +60,23 @@ class RawTensor:
 
     def tolist(self) -> Any:
         """Nested Python lists (pure Python; slow for big tensors, by design rare)."""
-        view = memoryview(self.data).cast("B").cast(DTYPES[self.dtype][1])
-        if not self.shape:
-            return view[0]
         if self.numel == 0:
             return _empty_nested(self.shape)
-        return view.cast("B").cast(DTYPES[self.dtype][1], list(self.shape)).tolist()
+        raw = memoryview(self.data).cast("B")
+        if self.dtype == "float16":  # memoryview cannot cast to half floats
+            flat = list(struct.unpack(f"<{self.numel}e", raw))
+            return flat[0] if not self.shape else _nest(flat, self.shape)
+        view = raw.cast(DTYPES[self.dtype][1])
+        if not self.shape:
+            return view[0]
+        return raw.cast(DTYPES[self.dtype][1], list(self.shape)).tolist()
+
+
+def _nest(flat: list[Any], shape: tuple[int, ...]) -> Any:
+    if len(shape) == 1:
+        return flat
+    step = len(flat) // shape[0]
+    return [_nest(flat[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
 
 
 def _empty_nested(shape: tuple[int, ...]) -> Any:

@@ -8,7 +8,6 @@ the completeness error). Results are CPU float32 tensors and plain data.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,7 +110,7 @@ def attribute(
         "f_baseline": f_baseline,
         "attribution_sum": total,
         "completeness_error": abs(total - delta),
-        "relative_completeness_error": abs(total - delta) / abs(delta) if delta else math.inf,
+        "relative_completeness_error": abs(total - delta) / abs(delta) if delta else None,
         "truncated": encoded.truncated,
         "n_steps": options.n_steps,
         "method": options.method,
