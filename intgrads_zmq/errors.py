@@ -117,6 +117,14 @@ class BrokerUnavailable(IntgradsError):
     title = "Broker unavailable"
 
 
+class NotReady(IntgradsError):
+    """A model has no ready worker yet (readiness probe)."""
+
+    code = "not_ready"
+    status = 503
+    title = "Not ready"
+
+
 class ShuttingDown(IntgradsError):
     """The broker is stopping and takes no new requests."""
 

@@ -27,6 +27,9 @@ def load_hf_directory(
 ) -> tuple[torch.nn.Module, Any]:
     """A classifier and its tokenizer from ``path`` (config, weights, tokenizer)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     folder = Path(path)
     if not (folder / "config.json").is_file():

@@ -1,0 +1,104 @@
+"""The Falcon application: routes, error mapping, metrics, static page.
+
+Errors are data: every failure is an :class:`IntgradsError` (or one of
+Falcon's own HTTP errors) and leaves as JSON ``{"title", "description", ...}``
+with its one status code; 503s carry ``Retry-After``. Unexpected exceptions
+are logged here and answered with a plain 500, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import falcon
+
+from intgrads_zmq.errors import IntgradsError
+
+from .broker_pool import BrokerPool
+from .metrics import Metrics
+from .openapi import openapi_document
+from .resources import AttributionResource, HealthResource, ModelsResource, ReadyResource
+from .settings import FrontendSettings
+
+log = logging.getLogger("intgrads.frontend")
+STATIC = Path(__file__).parent / "static"
+
+
+def _intgrads_error(req: falcon.Request, resp: falcon.Response, exc: IntgradsError, params: Any) -> None:
+    resp.status = falcon.code_to_http_status(exc.status)
+    resp.media = exc.to_dict()
+    if exc.retry_after is not None:
+        resp.set_header("Retry-After", str(max(1, math.ceil(exc.retry_after))))
+
+
+def _unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, params: Any) -> None:
+    if isinstance(exc, falcon.HTTPError):  # Falcon's own 404/405/...: keep, as JSON
+        _http_error(req, resp, exc, params)
+        return
+    log.exception("unexpected error on %s %s", req.method, req.path)
+    resp.status = falcon.HTTP_500
+    resp.media = {"code": "internal_error", "title": "Internal error",
+                  "description": "an unexpected error occurred; the server log has the details"}
+
+
+def _http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError, params: Any) -> None:
+    resp.status = exc.status
+    code = exc.title.split(" ", 1)[-1].lower().replace(" ", "_")
+    body = {"code": code, "title": exc.title,
+            "description": exc.description or _describe(req, exc)}
+    resp.media = body
+    for name, value in (exc.headers or {}).items():
+        resp.set_header(name, value)
+
+
+def _describe(req: falcon.Request, exc: falcon.HTTPError) -> str:
+    if exc.status_code == 404:
+        return f"no resource at {req.path}; try POST /model/ or GET /models"
+    if exc.status_code == 405:
+        return f"{req.method} is not allowed on {req.path}"
+    return exc.title
+
+
+class StaticPage:
+    """GET /: the web page (no build step, no CDN)."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = falcon.MEDIA_HTML
+        resp.data = (STATIC / "index.html").read_bytes()
+
+
+class OpenAPIResource:
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.document = document
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self.document
+
+
+def create_app(settings: FrontendSettings | None = None) -> falcon.App:
+    """Build the app; broker sockets are opened lazily, per thread, after fork."""
+    settings = settings or FrontendSettings.from_env()
+    pool = BrokerPool(settings.broker, settings.connect_wait)
+    metrics = Metrics(lambda: pool.client().status(timeout=settings.status_timeout))
+    app = falcon.App(middleware=[metrics])
+    app.req_options.strip_url_path_trailing_slash = False
+    attribution = AttributionResource(pool, settings)
+    for route in ("/model", "/model/"):
+        app.add_route(route, attribution)
+    for route in ("/model/{name}", "/model/{name}/"):
+        app.add_route(route, attribution)
+    app.add_route("/models", ModelsResource(pool, settings))
+    app.add_route("/healthz", HealthResource())
+    app.add_route("/readyz", ReadyResource(pool, settings))
+    app.add_route("/metrics", metrics)
+    app.add_route("/openapi.json", OpenAPIResource(openapi_document(settings.limits)))
+    app.add_route("/", StaticPage())
+    if STATIC.is_dir():
+        app.add_static_route("/static", str(STATIC))
+    app.add_error_handler(Exception, _unexpected)
+    app.add_error_handler(falcon.HTTPError, _http_error)
+    app.add_error_handler(IntgradsError, _intgrads_error)
+    return app

@@ -1,0 +1,42 @@
+"""One broker connection per thread, created after gunicorn forks.
+
+ZeroMQ sockets must not cross threads, and a context must not cross a fork.
+Each thread lazily gets its own :class:`BrokerClient` on a context owned by the
+current process (re-created if the pid changes, i.e. after a fork).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import zmq
+
+from intgrads_zmq.broker_client import BrokerClient
+
+
+class BrokerPool:
+    """Hands each thread its own client to the broker."""
+
+    def __init__(self, endpoint: str, connect_wait: float) -> None:
+        self.endpoint = endpoint
+        self.connect_wait = connect_wait
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._context: zmq.Context | None = None
+        self._pid = -1
+
+    def _process_context(self) -> zmq.Context:
+        with self._lock:
+            if self._context is None or self._pid != os.getpid():
+                self._context = zmq.Context()
+                self._pid = os.getpid()
+            return self._context
+
+    def client(self) -> BrokerClient:
+        client = getattr(self._local, "client", None)
+        if client is None or getattr(self._local, "pid", None) != os.getpid():
+            client = BrokerClient(self.endpoint, context=self._process_context(),
+                                  connect_wait=self.connect_wait)
+            self._local.client, self._local.pid = client, os.getpid()
+        return client

@@ -1,0 +1,22 @@
+"""Gunicorn settings for ``gunicorn frontend:app`` (picked up from the repo
+root as ./gunicorn.conf.py, or passed with ``-c frontend/gunicorn.conf.py``).
+
+Threads, not a timeout, keep long requests alive: with the gthread worker the
+arbiter's timeout only watches the worker's main loop, which keeps beating
+while a handler thread waits minutes for a 512-token CPU computation. The
+request deadline itself is INTGRADS_TIMEOUT (seconds); the broker endpoint is
+INTGRADS_BROKER. ZeroMQ sockets are opened lazily per thread, after fork.
+"""
+
+import os
+
+bind = os.environ.get("INTGRADS_BIND", "127.0.0.1:8888")
+worker_class = "gthread"
+workers = int(os.environ.get("INTGRADS_HTTP_WORKERS", "1"))
+threads = int(os.environ.get("INTGRADS_HTTP_THREADS", "32"))
+timeout = 120  # heartbeat of the worker's main loop, not a request limit
+graceful_timeout = int(float(os.environ.get("INTGRADS_TIMEOUT", "600"))) + 10
+keepalive = 5
+limit_request_line = 8190
+accesslog = os.environ.get("INTGRADS_ACCESS_LOG", "-")
+loglevel = os.environ.get("INTGRADS_LOG_LEVEL", "info")

@@ -1,0 +1,139 @@
+"""HTTP resources: POST /model/, GET /models, health, readiness.
+
+Handlers validate, forward to the broker over ZeroMQ and encode the answer in
+the format the client asked for. They never import torch or touch a model.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import falcon
+
+from intgrads_zmq.encoding import FORMATS, encode, negotiate
+from intgrads_zmq.errors import BadRequest, IntgradsError, NotReady, PayloadTooLarge
+from intgrads_zmq.options import TENSOR_FIELDS, parse_request
+
+from .broker_pool import BrokerPool
+from .settings import FrontendSettings
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
+def read_json_body(req: falcon.Request, limit: int) -> Any:
+    """The body as JSON, whatever the Content-Type says (curl -d sends JSON
+    as form-urlencoded); bounded by ``limit`` bytes."""
+    length = req.content_length
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"the body is {length} bytes; the limit is {limit}")
+    data = req.bounded_stream.read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLarge(f"the body exceeds the limit of {limit} bytes")
+    if not data.strip():
+        raise BadRequest("the body is empty: send a JSON object with a 'sequence'", field="sequence")
+    try:
+        return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise BadRequest("the body is not UTF-8 text") from None
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {str(exc)[:200]}") from None
+
+
+class AttributionResource:
+    """POST /model/ and /model/{name}/: explain one or several texts."""
+
+    def __init__(self, pool: BrokerPool, settings: FrontendSettings) -> None:
+        self.pool = pool
+        self.settings = settings
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, name: str | None = None) -> None:
+        fmt = negotiate(req.get_param("format"), req.get_header("Accept"))
+        parsed = parse_request(read_json_body(req, self.settings.max_body_bytes), self.settings.limits)
+        options = dict(parsed.options)
+        if "fields" not in options:  # JSON is a summary unless tensors are asked for
+            options["fields"] = [] if fmt == "json" else list(TENSOR_FIELDS)
+        else:
+            options["fields"] = list(options["fields"])
+        client = self.pool.client()
+        ids = [
+            client.submit(text, model=name, options=options, timeout=self.settings.timeout)
+            for text in parsed.sequences
+        ]
+        outcomes = client.wait(ids, self.settings.timeout)
+        payloads = []
+        for index, request_id in enumerate(ids):
+            outcome = outcomes[request_id]
+            if isinstance(outcome, IntgradsError):
+                if parsed.batch and outcome.field in (None, "sequence"):
+                    outcome.field = f"sequences[{index}]"
+                raise outcome
+            payloads.append(outcome)
+        req.context.compute_seconds = [
+            p.meta.get("timings", {}).get("compute_seconds", 0.0) for p in payloads
+        ]
+        body = encode(payloads, fmt, batch=parsed.batch)
+        resp.data = body.body
+        resp.content_type = body.media_type
+        if body.filename:
+            resp.set_header("Content-Disposition", f'attachment; filename="{body.filename}"')
+
+
+class ModelsResource:
+    """GET /models: what is served, with labels, workers, defaults and limits."""
+
+    def __init__(self, pool: BrokerPool, settings: FrontendSettings) -> None:
+        self.pool = pool
+        self.settings = settings
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        status = self.pool.client().status(timeout=self.settings.status_timeout)
+        models = []
+        for model_name, model in status.get("models", {}).items():
+            described = model.get("model", {})
+            models.append({
+                "name": model_name,
+                "labels": model.get("labels", []),
+                "workers": model.get("workers", 0),
+                "idle": model.get("idle", 0),
+                "queued": model.get("queued", 0),
+                "defaults": model.get("defaults", {}),
+                "limits": model.get("limits", {}),
+                "dtype": model.get("dtype"),
+                "architecture": described.get("architecture"),
+                "hidden_size": described.get("hidden"),
+                "max_positions": described.get("max_positions"),
+            })
+        resp.media = {
+            "default_model": status.get("default_model"),
+            "models": models,
+            "formats": {name: f.media_type for name, f in FORMATS.items()},
+            "limits": {**self.settings.limits.to_dict(), "max_body_bytes": self.settings.max_body_bytes,
+                       "timeout_seconds": self.settings.timeout},
+        }
+
+
+class HealthResource:
+    """GET /healthz: this process is alive (nothing else is checked)."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"status": "ok"}
+
+
+class ReadyResource:
+    """GET /readyz: the broker answers and every model has a ready worker."""
+
+    def __init__(self, pool: BrokerPool, settings: FrontendSettings) -> None:
+        self.pool = pool
+        self.settings = settings
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        status = self.pool.client().status(timeout=self.settings.status_timeout)
+        workers = {name: m.get("workers", 0) for name, m in status.get("models", {}).items()}
+        missing = sorted(name for name, count in workers.items() if count < 1)
+        if not workers or missing:
+            what = f"no worker ready for {', '.join(missing)}" if missing else "no model is served yet"
+            raise NotReady(what, retry_after=1.0)
+        resp.media = {"ready": True, "workers": workers}

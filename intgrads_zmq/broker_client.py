@@ -1,0 +1,161 @@
+"""Talking to the broker from a frontend, a CLI or a test (no torch here).
+
+A :class:`BrokerClient` owns one DEALER socket and must stay in one thread
+(ZeroMQ sockets are not thread-safe; the HTTP frontend keeps one per thread).
+It never hangs:
+
+* ``IMMEDIATE`` is set, so with no broker connected a request is refused after
+  ``connect_wait`` seconds with :class:`BrokerUnavailable` rather than queued;
+* a socket monitor reports a lost connection while a reply is awaited, which
+  also ends in :class:`BrokerUnavailable` at once;
+* every wait is bounded by the request's deadline (plus a margin for the
+  broker's own deadline answer to arrive).
+
+Replies are matched by request id; anything else arriving on the socket (a
+reply to an earlier request that was already given up on) is dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from . import protocol as p
+from .endpoints import broker_endpoint
+from .errors import BrokerUnavailable, DeadlineExceeded, IntgradsError
+from .payload import AttributionPayload
+
+DEADLINE_MARGIN = 5.0  # seconds to wait past a deadline for the broker's answer
+Outcome = AttributionPayload | IntgradsError
+
+
+class BrokerClient:
+    """Sends requests to the broker and collects their answers."""
+
+    def __init__(self, endpoint: str | None = None, *, context: zmq.Context | None = None,
+                 connect_wait: float = 1.0) -> None:
+        self.endpoint = endpoint or broker_endpoint()
+        self.context = context or zmq.Context.instance()
+        self.connect_wait = connect_wait
+        self.dropped = 0
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.IMMEDIATE, 1)
+        self.socket.setsockopt(zmq.RECONNECT_IVL, 100)
+        self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        self.monitor = self.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.socket.connect(self.endpoint)
+
+    def close(self) -> None:
+        self.socket.disable_monitor()
+        self.monitor.close(linger=0)
+        self.socket.close(linger=0)
+
+    def __enter__(self) -> BrokerClient:
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self.close()
+
+    # -- sending ------------------------------------------------------------
+    def _send(self, frames: list[bytes]) -> None:
+        self._drain_monitor()
+        if not self.socket.poll(int(self.connect_wait * 1000), zmq.POLLOUT):
+            raise BrokerUnavailable(f"cannot reach the broker at {self.endpoint}", retry_after=1.0)
+        try:
+            self.socket.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            raise BrokerUnavailable(f"cannot reach the broker at {self.endpoint}", retry_after=1.0) from None
+
+    def submit(self, sequence: str, *, model: str | None = None, options: dict[str, Any] | None = None,
+               timeout: float = 600.0) -> str:
+        """Send one request; returns its id (collect it with :meth:`wait`)."""
+        request_id = p.new_request_id()
+        self._send(p.request_frames(p.CLIENT, request_id, model=model, sequence=sequence,
+                                    options=options or {}, timeout=timeout))
+        return request_id
+
+    # -- receiving ----------------------------------------------------------
+    def wait(self, request_ids: list[str], timeout: float, *,
+             margin: float = DEADLINE_MARGIN) -> dict[str, Outcome]:
+        """Collect answers for ``request_ids``; give up ``timeout + margin`` from now
+        (the margin lets the broker's own deadline answer arrive first)."""
+        wanted = set(request_ids)
+        results: dict[str, Outcome] = {}
+        deadline = time.monotonic() + timeout + margin
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        poller.register(self.monitor, zmq.POLLIN)
+        while wanted - set(results):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            events = dict(poller.poll(int(min(remaining, 1.0) * 1000)))
+            if self.monitor in events and self._drain_monitor():
+                lost = BrokerUnavailable("the connection to the broker was lost", retry_after=1.0)
+                results.update({rid: lost for rid in wanted - set(results)})
+                break
+            if self.socket in events:
+                self._receive(wanted, results)
+        for rid in wanted - set(results):
+            results[rid] = DeadlineExceeded("no answer from the broker before the deadline")
+        return results
+
+    def _receive(self, wanted: set[str], results: dict[str, Outcome]) -> None:
+        while True:
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                message = p.parse(frames, p.CLIENT)
+            except p.ProtocolError:
+                self.dropped += 1
+                continue
+            if message.request_id not in wanted:
+                self.dropped += 1  # a late answer to a request given up on
+                continue
+            results[message.request_id] = self._outcome(message)
+
+    @staticmethod
+    def _outcome(message: p.Message) -> Outcome | dict[str, Any]:
+        if message.command == p.Command.REPLY:
+            try:
+                return p.parse_reply(message.body)
+            except p.ProtocolError as exc:
+                return IntgradsError(f"malformed reply: {exc}")
+        if message.command == p.Command.ERROR:
+            return p.parse_error(message.body)
+        if message.command == p.Command.STATUS_REPLY:
+            return p.loads_object(message.body[0])
+        return IntgradsError(f"unexpected {message.command.name} from the broker")
+
+    def _drain_monitor(self) -> bool:
+        """Consume monitor events; True if the connection dropped."""
+        lost = False
+        while self.monitor.poll(0):
+            event = recv_monitor_message(self.monitor)
+            lost = lost or event["event"] == zmq.EVENT_DISCONNECTED
+        return lost
+
+    # -- conveniences -------------------------------------------------------
+    def attribute(self, sequence: str, *, model: str | None = None, options: dict[str, Any] | None = None,
+                  timeout: float = 600.0) -> AttributionPayload:
+        """One request, answered or raised."""
+        request_id = self.submit(sequence, model=model, options=options, timeout=timeout)
+        outcome = self.wait([request_id], timeout)[request_id]
+        if isinstance(outcome, IntgradsError):
+            raise outcome
+        return outcome
+
+    def status(self, timeout: float = 2.0) -> dict[str, Any]:
+        """The broker's models, workers, queues and counters."""
+        request_id = p.new_request_id()
+        self._send(p.envelope(p.CLIENT, p.Command.STATUS, request_id))
+        answer = self.wait([request_id], timeout, margin=0.0)[request_id]
+        if isinstance(answer, IntgradsError):
+            raise BrokerUnavailable(f"the broker did not answer a status request: {answer.description}")
+        return answer  # type: ignore[return-value]

@@ -1,0 +1,249 @@
+"""Command line: ``intgrads-broker start | worker | status | keys`` and ``intgrads``.
+
+``start`` runs the broker and supervises local workers; ``worker`` joins a
+broker (possibly on another host) with workers of its own; ``status`` asks a
+broker what it serves; ``keys`` makes CURVE key pairs. ``intgrads`` keeps the
+original server's habits: one command that also starts the HTTP frontend.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .broker import DEFAULT_BACKEND, DEFAULT_FRONTEND
+from .devices import PlanError
+from .models.spec import DEMO_NAME, ModelSpec
+from .options import BASELINES, METHODS
+
+log = logging.getLogger("intgrads")
+
+
+def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The model-selection flags shared by every serving command."""
+    decorators = [
+        click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False),
+                     help="A Hugging Face sequence-classifier directory (config, weights, tokenizer)."),
+        click.option("-bp", "--bert-path", type=click.Path(exists=True, dir_okay=False),
+                     help="The original server's fine-tuned BERT state dict (.pth)."),
+        click.option("-xlb", "--xlnet-base-path", type=click.Path(exists=True, dir_okay=False),
+                     help="The original server's fine-tuned XLNet-base state dict."),
+        click.option("-xll", "--xlnet-large-path", type=click.Path(exists=True, dir_okay=False),
+                     help="The original server's fine-tuned XLNet-large state dict."),
+        click.option("--tokenizer", type=click.Path(exists=True, file_okay=False),
+                     help="Tokenizer directory for -bp/-xlb/-xll (vocab.txt, spiece.model or tokenizer.json)."),
+        click.option("--name", default=None,
+                     help="Name requests use for this model (POST /model/NAME/). Default: 'demo', or "
+                          "the directory / file stem."),
+        click.option("--cuda/--cpu", "cuda", default=None,
+                     help="Run on GPUs or on the CPU. Default: GPUs when any is visible."),
+        click.option("--num-cuda-devs", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="GPUs per worker. G visible GPUs give G // N workers; N > 1 splits the model "
+                          "across its group with an accelerate device map."),
+        click.option("--workers", type=click.IntRange(min=0), default=None,
+                     help="CPU workers to start (cores are divided between them); with --cuda, at most "
+                          "this many GPU groups. Default: 1 on CPU, every group on GPUs. 0: broker only."),
+        click.option("--baseline", type=click.Choice(BASELINES), default="pad", show_default=True,
+                     help="Default baseline; a request may choose another."),
+        click.option("--method", type=click.Choice(METHODS), default="gausslegendre", show_default=True,
+                     help="Default integration rule."),
+        click.option("--n-steps", type=click.IntRange(min=1), default=50, show_default=True,
+                     help="Default number of path steps."),
+        click.option("--max-steps", type=click.IntRange(min=1), default=300, show_default=True,
+                     help="Largest n_steps a request may ask for."),
+        click.option("--max-length", type=click.IntRange(min=2), default=512, show_default=True,
+                     help="Tokens kept per text (longer texts are truncated, as the original did)."),
+        click.option("--dtype", type=click.Choice(["float32", "bf16"]), default="float32", show_default=True,
+                     help="bf16 autocast is 2-4x faster on CPUs with AMX and on GPUs; float32 is exact."),
+        click.option("--memory-budget", default=None,
+                     help="Memory for one chunk of path steps, e.g. 2GiB (default: 2GiB on CPU, 60% of "
+                          "free GPU memory). Long inputs run in more, smaller chunks."),
+    ]
+    return functools.reduce(lambda f, d: d(f), reversed(decorators), func)
+
+
+def model_spec(model_dir: str | None, bert_path: str | None, xlnet_base_path: str | None,
+               xlnet_large_path: str | None, tokenizer: str | None, name: str | None) -> ModelSpec:
+    chosen = [(k, v) for k, v in (("hf", model_dir), ("bert", bert_path), ("xlnet-base", xlnet_base_path),
+                                  ("xlnet-large", xlnet_large_path)) if v]
+    if len(chosen) > 1:
+        raise click.UsageError("give one model: --model, -bp, -xlb or -xll")
+    if not chosen:
+        return ModelSpec(name=name or DEMO_NAME)
+    kind, path = chosen[0]
+    return ModelSpec(kind=kind, path=str(path), tokenizer=tokenizer, name=name or Path(path).stem)
+
+
+def worker_configs(connect: str, spec: ModelSpec, settings: dict[str, Any], curve: Any = None) -> list[Any]:
+    """Plan placements and build one WorkerConfig per local worker."""
+    from .devices import available_cores, plan_cpu_workers, plan_gpu_groups, visible_gpus
+    from .engine.memory import parse_bytes
+    from .worker import WorkerConfig
+
+    cuda, workers = settings["cuda"], settings["workers"]
+    if cuda is None:
+        cuda = bool(visible_gpus())
+    if cuda:
+        placements = plan_gpu_groups(visible_gpus(), settings["num_cuda_devs"])
+        placements = placements[:workers] if workers is not None else placements
+    else:
+        placements = plan_cpu_workers(1 if workers is None else workers, available_cores()) if workers != 0 else []
+    budget = parse_bytes(settings["memory_budget"]) if settings["memory_budget"] else None
+    defaults = {"baseline": settings["baseline"], "method": settings["method"], "n_steps": settings["n_steps"],
+                "max_length": settings["max_length"]}
+    limits = {"max_steps": settings["max_steps"], "max_length": settings["max_length"]}
+    return [
+        WorkerConfig(connect=connect, model=spec, placement=placement, dtype=settings["dtype"],
+                     defaults=defaults, limits=limits, memory_budget=budget, curve=curve)
+        for placement in placements
+    ]
+
+
+def _check_defaults(settings: dict[str, Any]) -> None:
+    if settings["n_steps"] > settings["max_steps"]:
+        raise click.UsageError("--n-steps exceeds --max-steps")
+
+
+MODEL_KEYS = ("model_dir", "bert_path", "xlnet_base_path", "xlnet_large_path", "tokenizer", "name")
+
+
+@click.group()
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+def main(log_level: str) -> None:
+    """intgrads-zmq: Integrated Gradients for transformer classifiers over ZeroMQ."""
+    logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(message)s")
+
+
+@main.command()
+@model_options
+@click.option("--frontend", default=DEFAULT_FRONTEND, show_default=True,
+              help="Where HTTP frontends (gunicorn) connect.")
+@click.option("--backend", default=DEFAULT_BACKEND, show_default=True,
+              help="Where workers connect. A non-loopback address needs --keys.")
+@click.option("--queue-bound", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Requests waiting per model before new ones are answered 'overloaded' (HTTP 503).")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=600.0, show_default=True,
+              help="Deadline for a request that names none, in seconds.")
+@click.option("--heartbeat", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
+              help="Heartbeat interval in seconds; a worker silent for 3 intervals is dropped.")
+@click.option("--keys", type=click.Path(file_okay=False), default=None,
+              help="CURVE keys folder (from 'intgrads-broker keys'): remote workers must present an "
+                   "authorised key.")
+def start(frontend: str, backend: str, queue_bound: int, timeout: float, heartbeat: float,
+          keys: str | None, **settings: Any) -> None:
+    """Run the broker and supervise local model workers."""
+    from .serve import run_broker
+
+    _check_defaults(settings)
+    spec = model_spec(*(settings.pop(k) for k in MODEL_KEYS))
+    try:
+        code = run_broker(spec, settings, frontend=frontend, backend=backend, queue_bound=queue_bound,
+                          timeout=timeout, heartbeat=heartbeat, keys=keys)
+    except (PlanError, ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(code)
+
+
+@main.command()
+@click.option("--connect", required=True, help="The broker's backend endpoint, e.g. tcp://gpu-box:5556.")
+@model_options
+@click.option("--server-key", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The broker's public key file (broker.key) when the broker uses CURVE.")
+@click.option("--client-key", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="This worker's secret key file (workerN.key_secret).")
+@click.option("--heartbeat", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
+              help="Heartbeat interval in seconds (match the broker's).")
+def worker(connect: str, server_key: str | None, client_key: str | None, heartbeat: float,
+           **settings: Any) -> None:
+    """Join a broker (on this or another host) with supervised workers."""
+    from .security import CurveClient
+    from .serve import run_workers
+
+    if bool(server_key) != bool(client_key):
+        raise click.UsageError("--server-key and --client-key go together")
+    _check_defaults(settings)
+    spec = model_spec(*(settings.pop(k) for k in MODEL_KEYS))
+    curve = CurveClient(Path(client_key), Path(server_key)) if server_key and client_key else None
+    try:
+        configs = worker_configs(connect, spec, settings, curve)
+    except PlanError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for config in configs:
+        config.heartbeat_interval = heartbeat
+    sys.exit(run_workers(configs))
+
+
+@main.command()
+@click.option("--frontend", default=DEFAULT_FRONTEND, show_default=True, help="The broker's frontend endpoint.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
+@click.option("--timeout", type=float, default=3.0, show_default=True)
+def status(frontend: str, as_json: bool, timeout: float) -> None:
+    """Show the models, workers and queues of a running broker."""
+    from .broker_client import BrokerClient
+    from .errors import IntgradsError
+
+    try:
+        with BrokerClient(frontend) as client:
+            data = client.status(timeout=timeout)
+    except IntgradsError as exc:
+        raise click.ClickException(exc.description) from exc
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"default model: {data.get('default_model')}")
+    for name, model in data.get("models", {}).items():
+        click.echo(f"model {name}: {model['workers']} workers ({model['idle']} idle), {model['queued']} queued, "
+                   f"labels {', '.join(model.get('labels', []))}")
+    for w in data.get("workers", []):
+        click.echo(f"  {w['identity']}: {w['state']} on {w.get('placement')} at {w.get('host')} "
+                   f"(pid {w.get('pid')}), served {w['served']}")
+
+
+@main.command()
+@click.option("--dir", "folder", required=True, type=click.Path(file_okay=False),
+              help="Folder for the keys; the broker's and authorised workers' public keys go here.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker key pairs to make (each remote host gets one secret key).")
+def keys(folder: str, workers: int) -> None:
+    """Make CURVE key pairs for the broker and for remote workers."""
+    from .security import make_keys
+
+    for path in make_keys(folder, workers):
+        click.echo(str(path))
+    click.echo(f"start the broker with --keys {folder}; give each worker broker.key and its "
+               "workerN.key_secret (--server-key / --client-key)")
+
+
+@click.command(context_settings={"help_option_names": ["--help"]})
+@model_options
+@click.option("-h", "--host", default="127.0.0.1", show_default=True, help="HTTP host to bind.")
+@click.option("-p", "--port", type=int, default=8888, show_default=True, help="HTTP port to bind.")
+@click.option("--http-workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Gunicorn worker processes (each serves many requests on threads).")
+def intgrads(host: str, port: int, http_workers: int, **settings: Any) -> None:
+    """The original server's command: load the model and serve POST /model/ on HOST:PORT.
+
+    Starts the broker, the model workers and gunicorn together; Ctrl-C stops all.
+    """
+    from .serve import run_all_in_one
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    _check_defaults(settings)
+    spec = model_spec(*(settings.pop(k) for k in MODEL_KEYS))
+    try:
+        code = run_all_in_one(spec, settings, host=host, port=port, http_workers=http_workers)
+    except (PlanError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

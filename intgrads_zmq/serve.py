@@ -1,0 +1,157 @@
+"""Process assembly for the CLI: broker + supervised workers (+ gunicorn).
+
+Signals only set flags here (SIGTERM and Ctrl-C ask the broker to stop); the
+broker then answers what it holds, the workers are stopped, and the process
+exits 0. Children die with their parent (PR_SET_PDEATHSIG), so even a killed
+broker leaves no orphans.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .broker import Broker, BrokerSettings
+from .endpoints import BROKER_ENV
+from .models.spec import ModelSpec
+from .security import CurveServer, ensure_local_worker_key
+from .supervisor import Supervisor
+
+log = logging.getLogger("intgrads")
+
+
+def local_connect_endpoint(bind_endpoint: str) -> str:
+    """Where a worker on this host connects for a broker bound to ``bind_endpoint``."""
+    scheme, _, rest = bind_endpoint.partition("://")
+    if scheme != "tcp":
+        return bind_endpoint
+    host, _, port = rest.rpartition(":")
+    if host in ("*", "0.0.0.0", "[::]", "::"):
+        host = "127.0.0.1"
+    return f"tcp://{host}:{port}"
+
+
+def _on_signals(callback: Any) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: callback())
+
+
+def build_broker(spec: ModelSpec, settings: dict[str, Any], *, frontend: str, backend: str,
+                 queue_bound: int = 32, timeout: float = 600.0, heartbeat: float = 1.0,
+                 keys: str | None = None) -> tuple[Broker, Supervisor]:
+    from .cli import worker_configs
+
+    curve = CurveServer.from_dir(keys) if keys else None
+    worker_curve = ensure_local_worker_key(keys) if keys else None
+    configs = worker_configs(local_connect_endpoint(backend), spec, settings, worker_curve)
+    for config in configs:
+        config.heartbeat_interval = heartbeat
+    broker = Broker(BrokerSettings(
+        frontend=frontend, backend=backend, heartbeat_interval=heartbeat, queue_bound=queue_bound,
+        default_timeout=timeout, expected_models=(spec.name,) if configs else (),
+        default_model=spec.name if configs else None, curve=curve,
+    ))
+    broker.bind()
+    return broker, Supervisor(configs)
+
+
+def run_broker(spec: ModelSpec, settings: dict[str, Any], **kwargs: Any) -> int:
+    """``intgrads-broker start``: serve until SIGTERM / Ctrl-C, then exit 0."""
+    broker, supervisor = build_broker(spec, settings, **kwargs)
+    _on_signals(broker.request_stop)
+    supervisor.start()
+    print(
+        f"broker ready on {broker.settings.frontend}; point gunicorn at it:\n"
+        f"  {BROKER_ENV}={broker.settings.frontend} gunicorn -c frontend/gunicorn.conf.py frontend:app",
+        flush=True,
+    )
+    try:
+        broker.run(on_tick=supervisor.poll)
+    finally:
+        supervisor.stop()
+    log.info("stopped")
+    return 0
+
+
+def run_workers(configs: list[Any]) -> int:
+    """``intgrads-broker worker``: supervise workers until SIGTERM / Ctrl-C."""
+    stop = {"now": False}
+    _on_signals(lambda: stop.update(now=True))
+    supervisor = Supervisor(configs)
+    supervisor.start()
+    try:
+        while not stop["now"]:
+            supervisor.poll()
+            time.sleep(0.2)
+    finally:
+        supervisor.stop()
+    return 0
+
+
+def _die_with_parent() -> None:  # runs in the gunicorn child before exec
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def start_gunicorn(broker_endpoint: str, host: str, port: int, workers: int = 1) -> subprocess.Popen:
+    """Start ``gunicorn frontend:app`` pointed at the broker."""
+    import frontend
+
+    config = Path(frontend.__file__).parent / "gunicorn.conf.py"
+    env = dict(os.environ, **{BROKER_ENV: broker_endpoint})
+    command = [sys.executable, "-m", "gunicorn", "-c", str(config), "--bind", f"{host}:{port}",
+               "--workers", str(workers), "frontend:app"]
+    return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
+
+
+def run_all_in_one(spec: ModelSpec, settings: dict[str, Any], *, host: str, port: int,
+                   http_workers: int = 1) -> int:
+    """``intgrads`` / ``make serve``: broker, workers and gunicorn in one go."""
+    sockets = Path(tempfile.mkdtemp(prefix="intgrads-"))
+    frontend_ep, backend_ep = f"ipc://{sockets}/frontend", f"ipc://{sockets}/backend"
+    broker, supervisor = build_broker(spec, settings, frontend=frontend_ep, backend=backend_ep)
+    _on_signals(broker.request_stop)
+    supervisor.start()
+    http = start_gunicorn(frontend_ep, host, port, http_workers)
+    announced = False
+
+    def tick() -> list[bytes]:
+        nonlocal announced
+        if http.poll() is not None:
+            log.error("gunicorn exited with code %s; stopping", http.returncode)
+            broker.request_stop()
+        if not announced and broker.workers:
+            announced = True
+            print(
+                f"\nready: http://{host}:{port}/ (web page) — try:\n"
+                f"  curl http://{host}:{port}/model/ -d '{{\"sequence\": \"a great film\"}}' --output g.gzip\n"
+                "Ctrl-C stops everything.\n",
+                flush=True,
+            )
+        return supervisor.poll()
+
+    try:
+        broker.run(on_tick=tick)
+    finally:
+        if http.poll() is None:
+            http.terminate()
+            try:
+                http.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                http.kill()
+        supervisor.stop()
+        for leftover in sockets.glob("*"):
+            leftover.unlink(missing_ok=True)
+        sockets.rmdir()
+    return 0

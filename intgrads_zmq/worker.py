@@ -1,0 +1,337 @@
+"""A model worker: loads one model once, then serves requests from the broker.
+
+Two threads, each with its own sockets:
+
+* the link thread owns the DEALER to the broker: it announces the worker
+  (READY), sends heartbeats every ``heartbeat_interval`` even while a long
+  request computes, re-registers when the broker says it does not know us,
+  reconnects when the broker falls silent, and forwards replies;
+* the main thread computes: it takes one job at a time from a queue and
+  pushes the reply frames to the link thread over an inproc socket.
+
+This module imports torch only inside :func:`run_worker`, after the device
+group has been made visible through ``CUDA_VISIBLE_DEVICES``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import socket as pysocket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from . import protocol as p
+from .devices import Placement
+from .errors import ComputeFailed, IntgradsError
+from .models.spec import ModelSpec
+from .options import BASELINES, METHODS, TENSOR_FIELDS, AttributionOptions, Limits
+from .security import CurveClient
+
+log = logging.getLogger("intgrads.worker")
+
+
+@dataclass
+class WorkerConfig:
+    """Everything a worker process needs; crosses the spawn boundary."""
+
+    connect: str
+    model: ModelSpec = field(default_factory=ModelSpec)
+    placement: Placement = field(default_factory=lambda: Placement("cpu"))
+    dtype: str = "float32"
+    defaults: dict[str, Any] = field(default_factory=dict)
+    limits: dict[str, Any] = field(default_factory=dict)
+    memory_budget: int | None = None
+    identity: str | None = None
+    heartbeat_interval: float = 1.0
+    heartbeat_liveness: int = 3
+    curve: CurveClient | None = None
+    parent_pid: int | None = None
+
+    def attribution_defaults(self) -> AttributionOptions:
+        return AttributionOptions(**self.defaults)
+
+    def attribution_limits(self) -> Limits:
+        return Limits(**self.limits)
+
+
+@dataclass
+class Job:
+    request_id: str
+    body: p.RequestBody
+    deadline: float
+
+
+class BrokerLink(threading.Thread):
+    """The link thread: the only user of the DEALER socket."""
+
+    def __init__(self, config: WorkerConfig, info: dict[str, Any], context: zmq.Context,
+                 replies_endpoint: str) -> None:
+        super().__init__(name="broker-link", daemon=True)
+        self.config = config
+        self.info = info
+        self.context = context
+        self.replies_endpoint = replies_endpoint
+        self.jobs: queue.Queue[Job] = queue.Queue()
+        self.stopping = threading.Event()
+        self.parent_gone = threading.Event()
+        self._busy = False
+        self._must_register = True
+        self._generation = 0
+        self._base_identity = config.identity or f"{pysocket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._replies = context.socket(zmq.PULL)
+        self._replies.bind(replies_endpoint)
+
+    # the thread ------------------------------------------------------------
+    def run(self) -> None:
+        interval = self.config.heartbeat_interval
+        silence_limit = interval * self.config.heartbeat_liveness
+        dealer = self._connect()
+        poller = zmq.Poller()
+        poller.register(self._replies, zmq.POLLIN)
+        poller.register(dealer, zmq.POLLIN)
+        heard = last_beat = time.monotonic()
+        try:
+            while not self.stopping.is_set():
+                events = dict(poller.poll(int(interval * 500)))
+                now = time.monotonic()
+                if dealer in events:
+                    heard = now
+                    self._from_broker(dealer)
+                if self._replies in events:
+                    frames = self._replies.recv_multipart(copy=False)
+                    dealer.send_multipart(frames, copy=False)
+                    self._busy = False
+                if self._must_register and not self._busy:
+                    self._send_ready(dealer)
+                if now - last_beat >= interval:
+                    dealer.send_multipart(p.envelope(p.WORKER, p.Command.HEARTBEAT))
+                    last_beat = now
+                if now - heard > silence_limit:
+                    log.warning("broker silent for %.1f s; reconnecting", now - heard)
+                    poller.unregister(dealer)
+                    dealer.close(linger=0)
+                    dealer = self._connect()
+                    poller.register(dealer, zmq.POLLIN)
+                    heard = now
+                if self._parent_died():
+                    self.parent_gone.set()
+                    break
+        finally:
+            self._flush_replies(dealer)
+            try:
+                dealer.send_multipart(p.envelope(p.WORKER, p.Command.DISCONNECT), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            dealer.close(linger=200)
+            self._replies.close(linger=0)
+
+    def _flush_replies(self, dealer: zmq.Socket) -> None:
+        """Forward replies computed just before stopping, so none is lost."""
+        while True:
+            try:
+                frames = self._replies.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            dealer.send_multipart(frames, copy=False)
+
+    def _connect(self) -> zmq.Socket:
+        self._generation += 1
+        dealer = self.context.socket(zmq.DEALER)
+        identity = f"{self._base_identity}.{self._generation}"
+        dealer.setsockopt(zmq.IDENTITY, identity.encode("ascii", "replace"))
+        dealer.setsockopt(zmq.LINGER, 0)
+        if self.config.curve is not None:
+            self.config.curve.apply(dealer)
+        dealer.connect(self.config.connect)
+        self._must_register = True
+        return dealer
+
+    def _send_ready(self, dealer: zmq.Socket) -> None:
+        dealer.send_multipart(p.envelope(p.WORKER, p.Command.READY) + [p.dumps(self.info)])
+        self._must_register = False
+
+    def _from_broker(self, dealer: zmq.Socket) -> None:
+        frames = dealer.recv_multipart(copy=False)
+        try:
+            message = p.parse(frames, p.WORKER)
+        except p.ProtocolError as exc:
+            log.warning("dropped a malformed message from the broker: %s", exc)
+            return
+        if message.command == p.Command.DISCONNECT:
+            self._must_register = True
+        elif message.command == p.Command.REQUEST:
+            self._accept(dealer, message)
+
+    def _accept(self, dealer: zmq.Socket, message: p.Message) -> None:
+        request_id = message.request_id or "-"
+        try:
+            body = p.parse_request_body(message.body[0])
+        except p.ProtocolError as exc:
+            dealer.send_multipart(p.error_frames(p.WORKER, request_id, ComputeFailed(f"malformed request: {exc}")))
+            return
+        if self._busy:
+            log.error("broker sent %s while busy; refusing it", request_id)
+            dealer.send_multipart(p.error_frames(p.WORKER, request_id, ComputeFailed("worker was busy")))
+            return
+        self._busy = True
+        deadline = time.monotonic() + (body.timeout or 600.0)
+        self.jobs.put(Job(request_id, body, deadline))
+
+    def _parent_died(self) -> bool:
+        parent = self.config.parent_pid
+        return parent is not None and os.getppid() != parent
+
+
+class Computer:
+    """Turns jobs into reply frames with the engine (main thread only)."""
+
+    def __init__(self, adapter: Any, config: WorkerConfig) -> None:
+        from .engine import ChunkPlanner
+        from .engine.memory import CPU_TOKENS_PER_CHUNK, default_budget
+        from .faults import Faults
+
+        self.adapter = adapter
+        self.config = config
+        self.defaults = config.attribution_defaults()
+        self.limits = config.attribution_limits()
+        device_type = adapter.device.type
+        self.planner = ChunkPlanner(
+            budget_bytes=config.memory_budget or default_budget(device_type),
+            max_tokens_per_chunk=CPU_TOKENS_PER_CHUNK[config.dtype] if device_type == "cpu" else None,
+        )
+        self.faults = Faults.from_env()
+
+    def handle(self, job: Job) -> list[Any]:
+        from .engine import attribute
+        from .options import resolve_options
+
+        try:
+            options = resolve_options(job.body.options, self.defaults, self.limits)
+            if self.faults is not None:
+                self.faults.before_request(job.body.sequence)
+            result = attribute(
+                self.adapter, job.body.sequence, options, planner=self.planner,
+                dtype=self.config.dtype, deadline=job.deadline,
+                before_chunk=self.faults.before_chunk if self.faults else None,
+            )
+        except IntgradsError as exc:
+            return p.error_frames(p.WORKER, job.request_id, exc)
+        except Exception as exc:  # noqa: BLE001 - any model failure becomes an answer
+            log.exception("request %s failed", job.request_id)
+            return p.error_frames(
+                p.WORKER, job.request_id, ComputeFailed(f"the model raised {type(exc).__name__}: {exc}")
+            )
+        return p.reply_frames(p.WORKER, job.request_id, result.meta, raw_tensors(result.tensors))
+
+
+def raw_tensors(tensors: dict[str, Any]) -> dict[str, Any]:
+    """Torch CPU tensors as zero-copy RawTensors for the wire."""
+    from .payload import RawTensor
+
+    out = {}
+    for name, tensor in tensors.items():
+        array = tensor.detach().contiguous().numpy()
+        out[name] = RawTensor(str(array.dtype), tuple(array.shape), memoryview(array).cast("B"))
+    return out
+
+
+def _prepare_process(config: WorkerConfig) -> None:
+    """Before torch loads: device visibility, cores, and dying with the parent."""
+    placement = config.placement
+    if placement.device == "cuda":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(placement.gpus)
+    else:
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    if placement.threads:
+        os.environ["OMP_NUM_THREADS"] = str(placement.threads)
+    if placement.cores and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, placement.cores)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if config.parent_pid is not None:
+        _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def load_adapter(config: WorkerConfig) -> tuple[Any, float]:
+    import torch
+
+    from .models.loader import load_model
+    from .tuning import tune_malloc
+
+    tune_malloc()
+    if config.placement.threads:
+        torch.set_num_threads(config.placement.threads)
+    started = time.perf_counter()
+    gpus = len(config.placement.gpus)
+    device = torch.device("cuda:0" if config.placement.device == "cuda" else "cpu")
+    device_map = "auto" if gpus > 1 else None
+    adapter = load_model(config.model, device, device_map=device_map)
+    return adapter, time.perf_counter() - started
+
+
+def describe_worker(config: WorkerConfig, adapter: Any, load_seconds: float) -> dict[str, Any]:
+    """The READY announcement: model, device group, capabilities, settings."""
+    return {
+        "model": config.model.name,
+        "describe": adapter.describe(),
+        "labels": list(adapter.labels),
+        "defaults": config.attribution_defaults().to_dict(),
+        "limits": config.attribution_limits().to_dict(),
+        "dtype": config.dtype,
+        "device": config.placement.device,
+        "placement": config.placement.describe(),
+        "host": pysocket.gethostname(),
+        "pid": os.getpid(),
+        "load_seconds": round(load_seconds, 2),
+        "capabilities": {"methods": list(METHODS), "baselines": list(BASELINES), "fields": list(TENSOR_FIELDS)},
+    }
+
+
+def run_worker(config: WorkerConfig) -> int:
+    """Entry point of a worker process (spawned or run from the CLI)."""
+    _prepare_process(config)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s[%(process)d] %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # A supervised worker leaves Ctrl-C to its supervisor, which stops it last.
+    supervised = config.parent_pid is not None
+    signal.signal(signal.SIGINT, signal.SIG_IGN if supervised else (lambda *_: stop.set()))
+    adapter, load_seconds = load_adapter(config)
+    computer = Computer(adapter, config)
+    context = zmq.Context()
+    endpoint = f"inproc://replies-{uuid.uuid4().hex}"
+    link = BrokerLink(config, describe_worker(config, adapter, load_seconds), context, endpoint)
+    replies = context.socket(zmq.PUSH)
+    replies.connect(endpoint)
+    link.start()
+    try:
+        while not stop.is_set() and not link.parent_gone.is_set() and link.is_alive():
+            try:
+                job = link.jobs.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            replies.send_multipart(computer.handle(job), copy=False)
+    finally:
+        link.stopping.set()
+        link.join(timeout=5)
+        replies.close(linger=1000)
+        context.term()
+    return 0
