@@ -1,0 +1,206 @@
+"""Run the real stack for tests: broker + worker processes (+ gunicorn).
+
+Everything is a real process talking real ZeroMQ and HTTP on this host:
+``python -m intgrads_zmq.cli start`` for the broker and its supervised
+workers, ``python -m gunicorn frontend:app`` for HTTP. Broker endpoints are
+ipc:// sockets in a temporary folder (no port clashes); gunicorn gets a free
+TCP port. Teardown sends SIGTERM and checks that no process is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (from /proc; Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] == "Z":
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def base_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"})
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class Broker:
+    """A running ``intgrads-broker start`` process and its endpoints."""
+
+    process: subprocess.Popen
+    frontend: str
+    backend: str
+    log: Path
+    workers_expected: int
+    env: dict[str, str] = field(default_factory=dict)
+
+    def status(self, timeout: float = 2.0) -> dict[str, Any]:
+        from intgrads_zmq.broker_client import BrokerClient
+
+        with BrokerClient(self.frontend, connect_wait=timeout) as client:
+            return client.status(timeout=timeout)
+
+    def wait_ready(self, workers: int | None = None, timeout: float = 90.0, model: str | None = None) -> dict:
+        wanted = self.workers_expected if workers is None else workers
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"broker exited early:\n{self.log.read_text()[-3000:]}")
+            try:
+                last = self.status(timeout=1.0)
+                models = last["models"]
+                counts = [m["workers"] for n, m in models.items() if model in (None, n)]
+                if counts and sum(counts) >= wanted:
+                    return last
+            except Exception as exc:  # noqa: BLE001 - keep polling until the deadline
+                last = exc
+            time.sleep(0.2)
+        raise TimeoutError(f"workers not ready: {last}\n{self.log.read_text()[-3000:]}")
+
+    def worker_pids(self) -> list[int]:
+        return [w["pid"] for w in self.status()["workers"]]
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, wait, and assert nothing of ours is left running."""
+        pids = descendants(self.process.pid)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+        deadline = time.monotonic() + 10
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = [p for p in pids if alive(p)]
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        assert not left, f"processes left after broker exit: {left}"
+        return code
+
+
+def start_broker(model_args: list[str], *, workers: int = 1, extra_args: list[str] | None = None,
+                 env: dict[str, str] | None = None, folder: Path | None = None,
+                 frontend: str | None = None, backend: str | None = None) -> Broker:
+    folder = folder or Path(tempfile.mkdtemp(prefix="igz-"))
+    frontend = frontend or f"ipc://{folder}/frontend"
+    backend = backend or f"ipc://{folder}/backend"
+    log = folder / f"broker-{time.time_ns()}.log"
+    command = [PYTHON, "-m", "intgrads_zmq.cli", "start", *model_args, "--cpu", "--workers", str(workers),
+               "--frontend", frontend, "--backend", backend, "--heartbeat", "0.5", *(extra_args or [])]
+    full_env = base_env(env)
+    process = subprocess.Popen(command, cwd=REPO, env=full_env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    return Broker(process, frontend, backend, log, workers, full_env)
+
+
+@dataclass
+class Frontend:
+    """A running gunicorn serving ``frontend:app``."""
+
+    process: subprocess.Popen
+    url: str
+    log: Path
+
+    def get(self, path: str, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+        return http("GET", self.url + path, timeout=timeout)
+
+    def post(self, path: str, body: bytes | dict | None, headers: dict[str, str] | None = None,
+             timeout: float = 120.0) -> tuple[int, dict[str, str], bytes]:
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        return http("POST", self.url + path, data=data, headers=headers, timeout=timeout)
+
+    def stop(self) -> None:
+        pids = descendants(self.process.pid)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def start_frontend(broker_endpoint: str, *, env: dict[str, str] | None = None,
+                   folder: Path | None = None) -> Frontend:
+    folder = folder or Path(tempfile.mkdtemp(prefix="igz-http-"))
+    port = free_port()
+    log = folder / f"gunicorn-{port}.log"
+    full_env = base_env({"INTGRADS_BROKER": broker_endpoint, "INTGRADS_ACCESS_LOG": "", **(env or {})})
+    command = [PYTHON, "-m", "gunicorn", "-c", str(REPO / "frontend" / "gunicorn.conf.py"),
+               "--bind", f"127.0.0.1:{port}", "frontend:app"]
+    process = subprocess.Popen(command, cwd=REPO, env=full_env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    frontend = Frontend(process, f"http://127.0.0.1:{port}", log)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited:\n{log.read_text()[-3000:]}")
+        try:
+            if frontend.get("/healthz", timeout=1)[0] == 200:
+                return frontend
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"gunicorn did not start:\n{log.read_text()[-3000:]}")
+
+
+def http(method: str, url: str, *, data: bytes | None = None, headers: dict[str, str] | None = None,
+         timeout: float = 60.0) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP exchange; returns (status, headers, body) for any status."""
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()

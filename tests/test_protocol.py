@@ -1,0 +1,90 @@
+"""The wire protocol refuses what does not follow it, and never unpickles."""
+
+import pickle
+import struct
+
+import pytest
+
+from intgrads_zmq import protocol as p
+from intgrads_zmq.errors import BadRequest, IntgradsError, QueueFull
+from intgrads_zmq.payload import RawTensor
+
+
+def test_request_round_trip():
+    frames = p.request_frames(p.CLIENT, "abc", model="m", sequence="hi", options={"n_steps": 3}, timeout=5)
+    message = p.parse(frames, p.CLIENT)
+    assert message.command == p.Command.REQUEST and message.request_id == "abc"
+    body = p.parse_request_body(message.body[0])
+    assert (body.model, body.sequence, body.options, body.timeout) == ("m", "hi", {"n_steps": 3}, 5.0)
+
+
+def test_reply_round_trip_with_raw_tensors():
+    data = struct.pack("<6f", *range(6))
+    frames = p.reply_frames(p.WORKER, "r1", {"tokens": ["a"]}, {"x": RawTensor("float32", (2, 3), data)})
+    message = p.parse(frames, p.WORKER)
+    payload = p.parse_reply(message.body)
+    assert payload.meta == {"tokens": ["a"]}
+    assert payload.tensors["x"].tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_errors_cross_as_typed_data():
+    frames = p.error_frames(p.CLIENT, "r", QueueFull("busy", retry_after=2))
+    error = p.parse_error(p.parse(frames, p.CLIENT).body)
+    assert isinstance(error, QueueFull) and error.status == 503 and error.retry_after == 2
+    assert type(IntgradsError.from_dict({"code": "nonsense"})) is IntgradsError
+    assert isinstance(IntgradsError.from_dict({"code": "bad_request", "field": "x"}), BadRequest)
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [],
+        [p.CLIENT],
+        [b"IGC9", p.Command.REQUEST.value, b"id", b"{}"],  # wrong version
+        [p.CLIENT, b"\x7f", b"id"],  # unknown command
+        [p.CLIENT, p.Command.REQUEST.value],  # no id
+        [p.CLIENT, p.Command.REQUEST.value, b"id"],  # no body
+        [p.CLIENT, p.Command.REQUEST.value, b"x" * 100, b"{}"],  # id too long
+        [p.CLIENT, p.Command.REQUEST.value, b"\xff\xfe", b"{}"],  # id not ASCII
+    ],
+)
+def test_malformed_envelopes_are_refused(frames):
+    with pytest.raises(p.ProtocolError):
+        p.parse(frames, p.CLIENT)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[1, 2]",
+        pickle.dumps({"sequence": "x"}),  # a pickle is just bad JSON here
+        b'{"sequence": 3}',
+        b'{"sequence": "x", "options": []}',
+        b'{"sequence": "x", "timeout": -1}',
+        b'{"sequence": "x", "timeout": true}',
+        b'{"sequence": "x", "model": ""}',
+        b"{" * 100_000,
+    ],
+)
+def test_malformed_request_bodies_are_refused(body):
+    with pytest.raises(p.ProtocolError):
+        p.parse_request_body(body)
+
+
+def test_replies_with_lying_tensor_headers_are_refused():
+    good = struct.pack("<4f", 1, 2, 3, 4)
+    head = p.dumps({"meta": {}, "tensors": [{"name": "x", "dtype": "float32", "shape": [2, 3]}]})
+    with pytest.raises(p.ProtocolError, match="bytes"):
+        p.parse_reply([head, good])
+    head = p.dumps({"meta": {}, "tensors": [{"name": "x", "dtype": "object", "shape": [1]}]})
+    with pytest.raises(p.ProtocolError):
+        p.parse_reply([head, good])
+    head = p.dumps({"meta": {}, "tensors": []})
+    with pytest.raises(p.ProtocolError, match="frames"):
+        p.parse_reply([head, good])
+
+
+def test_oversized_json_is_refused_before_parsing():
+    with pytest.raises(p.ProtocolError, match="exceeds"):
+        p.loads(b" " * (p.MAX_JSON_BYTES + 1))
