@@ -18,5 +18,5 @@ timeout = 120  # heartbeat of the worker's main loop, not a request limit
 graceful_timeout = int(float(os.environ.get("INTGRADS_TIMEOUT", "600"))) + 10
 keepalive = 5
 limit_request_line = 8190
-accesslog = os.environ.get("INTGRADS_ACCESS_LOG", "-")
+accesslog = os.environ.get("INTGRADS_ACCESS_LOG", "-") or None
 loglevel = os.environ.get("INTGRADS_LOG_LEVEL", "info")

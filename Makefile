@@ -1,0 +1,45 @@
+# Two commands do everything on a fresh machine with Python 3.11:
+#   make serve   install into .venv, then run broker + workers + gunicorn on 127.0.0.1:8888
+#   make test    install into .venv, then run the whole test suite
+# Installing twice is a no-op (a stamp file remembers what setup.py asked for).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+STAMP := $(VENV)/.installed-$(shell cat setup.py Makefile | cksum | cut -d' ' -f1)
+HOST ?= 127.0.0.1
+PORT ?= 8888
+PYTEST_ARGS ?=
+
+.PHONY: install serve test lint bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): setup.py Makefile | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	# The pinned CPU build first, so nothing pulls a multi-GB CUDA build of torch.
+	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install --quiet -e ".[demo,test,bench]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+serve: install
+	HF_HUB_OFFLINE=1 $(VENV)/bin/intgrads --cpu -h $(HOST) -p $(PORT)
+
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check intgrads_zmq frontend tests bench
+
+bench: install
+	$(PY) bench/engine_vs_captum.py
+	$(PY) bench/broker_overhead.py
+	$(PY) bench/end_to_end.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
