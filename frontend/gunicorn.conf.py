@@ -20,3 +20,6 @@ keepalive = 5
 limit_request_line = 8190
 accesslog = os.environ.get("INTGRADS_ACCESS_LOG", "-") or None
 loglevel = os.environ.get("INTGRADS_LOG_LEVEL", "info")
+# No runtime control socket: several instances (tests, replicas) would fight
+# over its single default path, and nothing here needs it.
+control_socket_disable = True
