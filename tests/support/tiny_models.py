@@ -69,7 +69,7 @@ def make_tiny_xlnet(folder: Path, *, seed: int = 0, labels: tuple[str, ...] = LA
     from transformers import XLNetConfig, XLNetForSequenceClassification, XLNetTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
-    specials = ["<pad>", "<unk>", "<s>", "</s>", "<cls>", "<sep>", "<mask>"]
+    specials = ["<pad>", "<unk>", "<s>", "</s>", "<cls>", "<sep>", "<mask>", "<eop>", "<eod>"]
     raw = SentencePieceUnigramTokenizer()
     raw.train_from_iterator(CORPUS, vocab_size=120, special_tokens=specials, unk_token="<unk>")
     sep, cls = raw.token_to_id("<sep>"), raw.token_to_id("<cls>")

@@ -1,0 +1,85 @@
+"""Every command in README.md is tested.
+
+Each shell line of the README's ```sh blocks must match an entry below that
+names the test running that command (or its equivalent with test paths and
+ports); the named tests must exist. Commands that need hardware this machine
+lacks (GPUs) name the tests that cover their planning and their error path.
+A new README command without an entry fails this test.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+COVERAGE: list[tuple[str, list[str]]] = [
+    (r"^make serve$", ["tests.test_cli::test_make_serve_serves_the_demo_model"]),
+    (r"^make test$", ["tests.test_readme::test_every_readme_command_is_covered"]),  # CI runs it
+    (r'^make test PYTEST_ARGS="-k broker"$', ["tests.test_readme::test_every_readme_command_is_covered"]),
+    (r"^intgrads --model \S+ --cpu$", ["tests.test_cli::test_intgrads_all_in_one_with_a_hugging_face_directory"]),
+    (r"^intgrads -bp \S+ --tokenizer \S+ --cpu$", ["tests.test_cli::test_original_checkpoint_flags"]),
+    (r"^intgrads -xlb \S+ --tokenizer \S+ --cuda --num-cuda-devs 2$",
+     ["tests.test_devices::test_gpu_groups_are_consecutive", "tests.test_cli::test_cuda_without_a_gpu_is_a_clear_error"]),
+    (r"^intgrads -xll \S+ --tokenizer \S+ --cpu --baseline pad$", ["tests.test_cli::test_original_checkpoint_flags"]),
+    (r"^intgrads-broker start --model \S+ --cpu --workers 2$", ["tests.test_broker::test_requests_spread_over_both_workers"]),
+    (r"^gunicorn frontend:app$", ["tests.test_cli::test_gunicorn_from_the_repo_root_picks_up_its_config"]),
+    (r"^intgrads-broker worker --connect tcp://127\.0\.0\.1:5556 --model \S+ --name xlnet --cpu$",
+     ["tests.test_frontend::test_several_sequences_and_a_named_model"]),
+    (r"^intgrads-broker start -xlb \S+ --tokenizer \S+ --cuda --num-cuda-devs 2$",
+     ["tests.test_devices::test_gpu_groups_are_consecutive", "tests.test_cli::test_cuda_without_a_gpu_is_a_clear_error"]),
+    (r"^intgrads-broker keys --dir keys --workers 2$",
+     ["tests.test_broker::test_curve_authenticated_remote_worker_serves_and_a_wrong_key_never_does"]),
+    (r"^intgrads-broker start --workers 0 --backend tcp://0\.0\.0\.0:5556 --keys keys$",
+     ["tests.test_broker::test_curve_authenticated_remote_worker_serves_and_a_wrong_key_never_does"]),
+    (r"^intgrads-broker worker --connect tcp://\S+:5556 --server-key broker\.key --client-key worker0\.key_secret .*--cuda$",
+     ["tests.test_broker::test_curve_authenticated_remote_worker_serves_and_a_wrong_key_never_does",
+      "tests.test_cli::test_cuda_without_a_gpu_is_a_clear_error"]),
+]
+
+
+def readme_commands() -> list[str]:
+    commands = []
+    for block in re.findall(r"```sh\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S):
+        for line in block.splitlines():
+            line = line.split("#", 1)[0].strip() if not line.lstrip().startswith("#") else ""
+            if line:
+                commands.append(line)
+    return commands
+
+
+def test_every_readme_command_is_covered():
+    commands = readme_commands()
+    assert len(commands) >= 10
+    missing = [c for c in commands if not any(re.match(pattern, c) for pattern, _ in COVERAGE)]
+    assert not missing, f"README commands without a test: {missing}"
+
+
+@pytest.mark.parametrize("pattern,tests", COVERAGE, ids=[p for p, _ in COVERAGE])
+def test_named_tests_exist(pattern, tests):
+    for name in tests:
+        module, function = name.split("::")
+        assert callable(getattr(importlib.import_module(module), function, None)), name
+
+
+def test_the_readme_python_examples_run_against_the_seed_format(tmp_path):
+    """The decode snippet at the top of the README, on a real reply."""
+    import gzip
+    import io
+
+    import torch
+
+    from intgrads_zmq.encoding import encode
+    from intgrads_zmq.payload import AttributionPayload, RawTensor
+
+    tensor = RawTensor("float32", (1, 2, 2), torch.arange(4, dtype=torch.float32).numpy().tobytes())
+    payload = AttributionPayload({"tokens": ["a", "b"], "attributions": [1.0, 5.0]}, {"integrated_gradients": tensor})
+    (tmp_path / "g.gzip").write_bytes(encode([payload], "torch", batch=False).body)
+    with gzip.open(tmp_path / "g.gzip", "rb") as f:
+        grads = torch.load(io.BytesIO(f.read()))
+    assert grads["integrated_gradients"].shape == (1, 2, 2)
+    assert list(zip(grads["tokens"], grads["attributions"], strict=True)) == [("a", 1.0), ("b", 5.0)]
