@@ -1,0 +1,607 @@
+// The intgrads-zmq web page: a form over the same HTTP API that curl uses.
+// Plain ES2020, no dependencies, so it works offline and needs no build step.
+"use strict";
+
+const $ = (selector, root = document) => root.querySelector(selector);
+const SVG_NS = "http://www.w3.org/2000/svg";
+// ColorBrewer RdBu ends: red pushes towards the target label, blue away from it.
+const POSITIVE = [178, 24, 43];
+const NEGATIVE = [33, 102, 172];
+// Completeness is judged relative to F(x) - F(x'); a tiny absolute gap is fine
+// even when the difference itself is near zero and the ratio explodes.
+const OK_RELATIVE = 0.05;
+const OK_ABSOLUTE = 1e-4;
+// Which form control to mark when the server names a field.
+const FIELD_INPUTS = {
+  sequence: "text", sequences: "text", n_steps: "n_steps", method: "method",
+  baseline: "baseline", target: "target",
+};
+
+const state = {
+  models: [],
+  result: null,      // the parsed JSON reply
+  resultText: "",    // the reply verbatim, for the JSON download
+  request: null,     // {path, body} of the request the result answers
+  controller: null,  // AbortController of the running request
+  timer: null,
+  scale: 0,          // max |attribution| the colours are normalised by
+};
+
+class ApiError extends Error {
+  constructor(title, description, { field = null, status = 0, code = null, retryAfter = null } = {}) {
+    super(description);
+    this.title = title;
+    this.description = description;
+    this.field = field;
+    this.status = status;
+    this.code = code;
+    this.retryAfter = retryAfter;
+  }
+}
+
+// --- HTTP ---------------------------------------------------------------
+
+async function send(url, init) {
+  try {
+    return await fetch(url, init);
+  } catch (err) {
+    if (err.name === "AbortError") throw err;
+    throw new ApiError("Network error",
+      `Could not reach the server (${err.message}). Check that it is running and try again.`);
+  }
+}
+
+async function readText(response) {
+  try {
+    return await response.text();
+  } catch (err) {
+    if (err.name === "AbortError") throw err;
+    throw new ApiError("Network error", `The connection broke while reading the answer (${err.message}).`);
+  }
+}
+
+function parseJSON(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return null;
+  }
+}
+
+// Every error body of the API is {code, title, description, field?}; anything
+// else (a proxy's HTML page, say) is still reported with its status.
+function errorFrom(response, text) {
+  const data = parseJSON(text);
+  const retry = response.headers.get("Retry-After");
+  const extra = { status: response.status, retryAfter: retry };
+  if (data && typeof data === "object" && (data.title || data.description)) {
+    return new ApiError(String(data.title || `HTTP ${response.status}`), String(data.description || ""),
+      { ...extra, field: data.field || null, code: data.code || null });
+  }
+  const snippet = text.replace(/<[^>]*>/g, " ").replace(/\s+/g, " ").trim().slice(0, 300);
+  return new ApiError(`HTTP ${response.status} ${response.statusText}`.trim(),
+    snippet || "The server gave no details.", extra);
+}
+
+async function fetchJSON(url, init = {}) {
+  const response = await send(url, init);
+  const text = await readText(response);
+  if (!response.ok) throw errorFrom(response, text);
+  const data = parseJSON(text);
+  if (data === null || typeof data !== "object") {
+    throw new ApiError("Unexpected answer", `The server answered ${response.status} but not with a JSON object.`,
+      { status: response.status });
+  }
+  return { data, text };
+}
+
+// --- errors -------------------------------------------------------------
+
+function showError(err) {
+  const box = $("#error");
+  const isApi = err instanceof ApiError;
+  const title = isApi ? err.title : "Page error";
+  $(".error-title", box).textContent = err.status ? `${title} (HTTP ${err.status})` : title;
+  $(".error-description", box).textContent = isApi ? err.description : String(err.message || err);
+  const notes = [];
+  if (isApi && err.field) notes.push(`Field: ${err.field}`);
+  if (isApi && err.retryAfter) notes.push(`The server asks to retry in ${err.retryAfter} s.`);
+  $(".error-field", box).textContent = notes.join(" · ");
+  $(".error-field", box).hidden = notes.length === 0;
+  box.dataset.code = (isApi && err.code) || "";
+  box.dataset.field = (isApi && err.field) || "";
+  box.hidden = false;
+  const input = isApi && err.field && document.getElementById(FIELD_INPUTS[err.field] || "");
+  if (input) {
+    input.setAttribute("aria-invalid", "true");
+    input.setAttribute("aria-errormessage", "error");
+  }
+  if (!isApi) console.error(err); // a bug in this page: keep the stack for the console
+}
+
+function clearError() {
+  $("#error").hidden = true;
+  for (const input of document.querySelectorAll("[aria-invalid]")) {
+    input.removeAttribute("aria-invalid");
+    input.removeAttribute("aria-errormessage");
+  }
+}
+
+// --- models -------------------------------------------------------------
+
+// resetForm: take the model's defaults into the form (not when a later retry
+// would overwrite what the user already chose).
+async function loadModels(resetForm = true) {
+  const select = $("#model");
+  const chosen = select.value;
+  try {
+    const { data } = await fetchJSON("models", { headers: { Accept: "application/json" } });
+    state.models = Array.isArray(data.models) ? data.models : [];
+    select.replaceChildren();
+    for (const model of state.models) {
+      const workers = model.workers === 1 ? "1 worker" : `${model.workers ?? 0} workers`;
+      select.append(new Option(`${model.name} (${workers})`, model.name));
+    }
+    if (!state.models.length) select.append(new Option("no model served yet", ""));
+    if (data.default_model) select.value = data.default_model;
+    if (!resetForm && state.models.some((m) => m.name === chosen)) select.value = chosen;
+    applyModel(resetForm);
+    return true;
+  } catch (err) {
+    // The API still has a default model, so the form stays usable.
+    select.replaceChildren(new Option("server default", ""));
+    showError(err);
+    return false;
+  }
+}
+
+function currentModel() {
+  return state.models.find((m) => m.name === $("#model").value) || null;
+}
+
+// A model brings its labels, defaults and step limit into the form.
+function applyModel(resetForm = true) {
+  const model = currentModel();
+  if (!model) return;
+  const target = $("#target");
+  const previous = target.value;
+  target.replaceChildren(new Option("predicted", ""));
+  for (const label of model.labels || []) target.append(new Option(label, label));
+  target.value = (model.labels || []).includes(previous) ? previous : "";
+  const defaults = resetForm ? model.defaults || {} : {};
+  if (defaults.baseline) $("#baseline").value = defaults.baseline;
+  if (defaults.method) $("#method").value = defaults.method;
+  if (defaults.n_steps) $("#n_steps").value = defaults.n_steps;
+  const maxSteps = (model.limits || {}).max_steps;
+  if (maxSteps) {
+    $("#n_steps").max = maxSteps;
+    $("#max-steps").textContent = maxSteps;
+  }
+}
+
+// --- the request --------------------------------------------------------
+
+function buildRequest() {
+  const model = $("#model").value;
+  const body = { sequence: $("#text").value };
+  const steps = $("#n_steps");
+  // An unparsable number reaches the server as null so that its 400 names the field.
+  if (steps.validity.badInput) body.n_steps = null;
+  else if (steps.value.trim() !== "") body.n_steps = Number(steps.value);
+  body.method = $("#method").value;
+  body.baseline = $("#baseline").value;
+  if ($("#target").value) body.target = $("#target").value;
+  const path = model ? `model/${encodeURIComponent(model)}/` : "model/";
+  return { path, body };
+}
+
+function setBusy(busy) {
+  $("#submit").disabled = busy;
+  $("#form").setAttribute("aria-busy", String(busy));
+  $("#spinner").hidden = !busy;
+  clearInterval(state.timer);
+  if (busy) {
+    const started = performance.now();
+    $("#elapsed").textContent = "0.0";
+    state.timer = setInterval(() => {
+      $("#elapsed").textContent = ((performance.now() - started) / 1000).toFixed(1);
+    }, 100);
+  }
+}
+
+async function onSubmit(event) {
+  event.preventDefault();
+  if (state.controller) return;
+  clearError();
+  if (!state.models.length) await loadModels(false);
+  const request = buildRequest();
+  renderCurl(request); // also for a failing request: it is what to report
+  state.controller = new AbortController();
+  setBusy(true);
+  const started = performance.now();
+  try {
+    const { data, text } = await fetchJSON(`${request.path}?format=json`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify(request.body),
+      signal: state.controller.signal,
+    });
+    state.result = data;
+    state.resultText = text;
+    state.request = request;
+    clearError(); // e.g. a /models failure that the answer has made moot
+    render(data, request, (performance.now() - started) / 1000);
+  } catch (err) {
+    $("#results").hidden = true;
+    if (err.name === "AbortError") {
+      showError(new ApiError("Cancelled", "The request was cancelled; the server may still finish it."));
+    } else {
+      showError(err);
+    }
+  } finally {
+    state.controller = null;
+    setBusy(false);
+  }
+}
+
+// --- rendering ----------------------------------------------------------
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else node.setAttribute(key, value);
+  }
+  node.append(...children);
+  return node;
+}
+
+function svg(tag, attrs = {}, text = null) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
+  if (text !== null) node.textContent = text;
+  return node;
+}
+
+// Short human numbers; the exact value is always one hover away.
+function fmt(x, digits = 4) {
+  if (x === null || x === undefined || !Number.isFinite(x)) return "—";
+  if (x === 0) return "0";
+  const a = Math.abs(x);
+  const text = a >= 1e-3 && a < 1e5 ? String(Number(x.toPrecision(digits))) : x.toExponential(digits - 1);
+  return text.replace("-", "−");
+}
+
+const signed = (x) => (x > 0 ? "+" : "") + fmt(x);
+// Never "-0 %": a value that rounds to zero is shown as zero.
+function percent(p, digits = 1) {
+  const text = (100 * p).toFixed(digits);
+  return `${Number(text) === 0 ? (0).toFixed(digits) : text.replace("-", "−")} %`;
+}
+
+function render(data, request, seconds) {
+  $("#results").hidden = false;
+  const timings = data.timings || {};
+  $("#summary").textContent = [
+    `model ${data.model || request.path}`,
+    `${data.method}, ${data.n_steps} steps, baseline ${data.baseline}`,
+    `computed in ${fmt(timings.compute_seconds, 3)} s (round trip ${seconds.toFixed(2)} s)`,
+  ].join(" · ");
+  renderPrediction(data);
+  renderCompleteness(data);
+  renderTokens(data);
+  renderIntegrand(data);
+  $("#download-status").textContent = "";
+  $("#results-title").focus();
+}
+
+function renderPrediction(data) {
+  const box = $("#prediction");
+  const probabilities = data.probabilities || [];
+  const labels = data.labels || probabilities.map((_, i) => String(i));
+  const predicted = probabilities.indexOf(Math.max(...probabilities));
+  const headline = $(".headline", box);
+  headline.replaceChildren("Predicted ", el("strong", { class: "label", text: labels[predicted] }),
+    ` with ${percent(probabilities[predicted])}`);
+  if (data.target !== predicted) {
+    headline.append(el("br"), "Explaining ", el("strong", { text: data.target_label }), " (chosen target)");
+  }
+  const list = $(".bars", box);
+  list.replaceChildren();
+  probabilities.forEach((p, i) => {
+    const tags = [];
+    if (i === predicted) tags.push("predicted");
+    if (i === data.target) tags.push("explained");
+    const fill = el("span", { class: "fill" });
+    fill.style.width = `${Math.max(0, Math.min(1, p)) * 100}%`;
+    list.append(el("li", { class: tags.join(" "), "data-label": labels[i], "data-probability": String(p) },
+      el("span", { class: "bar-label", text: labels[i] }),
+      el("span", { class: "bar", role: "presentation" }, fill),
+      el("span", { class: "bar-value", text: percent(p) }),
+      el("span", { class: "tags", text: tags.join(", ") })));
+  });
+}
+
+function renderCompleteness(data) {
+  const box = $("#completeness");
+  const delta = data.f_input - data.f_baseline;
+  const absolute = data.completeness_error;
+  const relative = data.relative_completeness_error;
+  const ok = absolute <= OK_ABSOLUTE || (relative !== null && relative <= OK_RELATIVE);
+  box.dataset.ok = String(ok);
+  const verdict = $(".verdict", box);
+  const gap = relative === null ? `absolute error ${fmt(absolute)}` : `relative error ${fmt(100 * relative, 2)} %`;
+  verdict.replaceChildren(
+    el("span", { class: `badge ${ok ? "ok" : "warn"}`, text: ok ? "✓ OK" : "⚠ Check" }), " ",
+    ok ? `${gap}: the attributions add up.`
+      : `${gap}: more than ${percent(OK_RELATIVE, 0)} off; raise n_steps or try gausslegendre.`);
+  const rows = [
+    ["Σ attributions", fmt(data.attribution_sum, 6), String(data.attribution_sum)],
+    ["F(x) − F(x′)", fmt(delta, 6), `F(x) = ${data.f_input}, F(x′) = ${data.f_baseline}`],
+    ["F(x), F(x′)", `${fmt(data.f_input)}, ${fmt(data.f_baseline)}`,
+      `logit of “${data.target_label}” at the input and at the baseline`],
+    ["Absolute error", fmt(absolute, 3), String(absolute)],
+    ["Relative error", relative === null ? "— (F(x) = F(x′))" : `${fmt(100 * relative, 3)} %`, String(relative)],
+  ];
+  $(".numbers", box).replaceChildren(...rows.flatMap(([term, value, exact]) => [
+    el("dt", { text: term }), el("dd", { text: value, title: exact }),
+  ]));
+}
+
+const isSpecial = (token) => /^(\[[A-Za-z_]+\]|<\/?[A-Za-z_|]+>)$/.test(token);
+
+// Subword pieces read as words: WordPiece marks continuations ("##ing"),
+// sentencepiece and byte-level BPE mark word starts ("▁word", "Ġword").
+function pieces(tokens) {
+  const marker = tokens.some((t) => t.startsWith("▁")) ? "▁" : tokens.some((t) => t.startsWith("Ġ")) ? "Ġ" : null;
+  return tokens.map((raw, i) => {
+    const special = isSpecial(raw);
+    let text = raw;
+    let joins = false;
+    if (!special && marker) {
+      if (raw.startsWith(marker)) text = raw.slice(marker.length);
+      else joins = i > 0 && !isSpecial(tokens[i - 1]);
+    } else if (!special && raw.startsWith("##") && raw.length > 2) {
+      text = raw.slice(2);
+      joins = i > 0;
+    }
+    return { raw, text: text || raw, special, joins };
+  });
+}
+
+function colourFor(score, scale) {
+  // A non-finite score arrives as null (JSON has no NaN): grey, not white.
+  if (!Number.isFinite(score)) return { background: "#c9ced4", color: "#1b1f24" };
+  const t = scale > 0 ? Math.max(-1, Math.min(1, score / scale)) : 0;
+  const end = t >= 0 ? POSITIVE : NEGATIVE;
+  const a = Math.abs(t);
+  const [r, g, b] = end.map((c) => Math.round(255 + (c - 255) * a));
+  return { background: `rgb(${r}, ${g}, ${b})`, color: a > 0.55 ? "#fff" : "#1b1f24" };
+}
+
+function renderTokens(data) {
+  const tokens = data.tokens || [];
+  const scores = data.attributions || [];
+  const parts = pieces(tokens);
+  const ignoreSpecial = $("#ignore-special").checked;
+  const scaled = scores.filter((_, i) => !(ignoreSpecial && parts[i].special));
+  const scale = Math.max(0, ...scaled.filter(Number.isFinite).map(Math.abs));
+  state.scale = scale;
+
+  $(".legend-min").textContent = fmt(-scale);
+  $(".legend-max").textContent = `+${fmt(scale)}`;
+  $(".legend-caption").textContent =
+    `blue: against “${data.target_label}” · red: towards it · colour ∝ score / max |score|`;
+
+  const box = $("#tokens");
+  box.replaceChildren();
+  let word = null;
+  parts.forEach((part, i) => {
+    const score = scores[i];
+    const share = scale > 0 ? score / scale : 0;
+    const { background, color } = colourFor(score, scale);
+    const span = el("span", {
+      class: ["token", part.special && "special", part.joins && "cont"].filter(Boolean).join(" "),
+      "data-score": String(score), "data-index": String(i), tabindex: "0",
+      title: `${part.raw} · ${describeScore(score, scale)}`,
+      text: part.text,
+    });
+    span.style.background = background;
+    span.style.color = color;
+    if (!part.joins || !word) {
+      if (word) box.append(word, " ");
+      word = el("span", { class: "word" });
+    }
+    word.append(span);
+  });
+  if (word) box.append(word);
+  $("#token-detail").textContent = "Hover or focus a token to see its exact score.";
+  $("#truncated").hidden = !data.truncated;
+  renderTable(parts, scores, scale);
+}
+
+function renderTable(parts, scores, scale) {
+  const rows = parts.map((part, i) => {
+    const share = scale > 0 ? scores[i] / scale : 0;
+    const bar = el("span", { class: `share ${share >= 0 ? "pos" : "neg"}` });
+    bar.style.width = `${Math.min(1, Math.abs(share)) * 50}%`;
+    return el("tr", { class: part.special ? "special" : "" },
+      el("td", { class: "num", text: String(i) }),
+      el("td", {}, el("code", { text: part.raw })),
+      el("td", { class: "num", title: String(scores[i]), text: signed(scores[i]) }),
+      el("td", {}, el("span", { class: "share-cell" }, el("span", { class: "share-track" }, bar),
+        el("span", { class: "share-text", text: percent(share, 0) }))));
+  });
+  $("#score-table tbody").replaceChildren(...rows);
+}
+
+// The exact score (shortest round-trip text of the float) and its share of the scale.
+function describeScore(score, scale) {
+  if (!Number.isFinite(score)) return "not a finite number";
+  return `${score} (${percent(scale > 0 ? score / scale : 0, 0)} of max |score|)`;
+}
+
+function describeToken(span) {
+  const index = Number(span.dataset.index);
+  const score = state.result.attributions[index];
+  $("#token-detail").textContent =
+    `#${index} “${state.result.tokens[index]}”: ${describeScore(score, state.scale)}`;
+}
+
+function niceStep(range, count) {
+  const raw = range / count;
+  const power = 10 ** Math.floor(Math.log10(raw));
+  const unit = raw / power;
+  return power * (unit <= 1 ? 1 : unit <= 2 ? 2 : unit <= 5 ? 5 : 10);
+}
+
+// g(α)·(x − x′) per step; its weighted sum is the attribution sum, so a
+// jagged curve between few samples is a visible sign of too few steps.
+function renderIntegrand(data) {
+  // Non-finite steps (null in JSON) are left out rather than drawn at zero.
+  const steps = (data.alphas || []).map((a, i) => [a, (data.path_integrand || [])[i]])
+    .filter(([a, v]) => Number.isFinite(a) && Number.isFinite(v));
+  const alphas = steps.map(([a]) => a);
+  const values = steps.map(([, v]) => v);
+  // Drawn at the box's own width, so text stays at its real size on any screen.
+  const box = $("#integrand .plot");
+  const W = Math.round(Math.min(960, Math.max(300, box.clientWidth || 640)));
+  const H = W < 480 ? 220 : 270;
+  const m = { left: 64, right: 18, top: 16, bottom: 46 };
+  let low = Math.min(0, ...values);
+  let high = Math.max(0, ...values);
+  if (high === low) { high += 1; low -= 1; }
+  const step = niceStep(high - low, 4);
+  low = Math.floor(low / step) * step;
+  high = Math.ceil(high / step) * step;
+  const x = (a) => m.left + a * (W - m.left - m.right);
+  const y = (v) => H - m.bottom - ((v - low) / (high - low)) * (H - m.top - m.bottom);
+
+  const plot = svg("svg", {
+    viewBox: `0 0 ${W} ${H}`, role: "img", "aria-labelledby": "integrand-svg-title integrand-svg-desc",
+    preserveAspectRatio: "xMidYMid meet",
+  });
+  plot.append(
+    svg("title", { id: "integrand-svg-title" }, "Path integrand against α"),
+    svg("desc", { id: "integrand-svg-desc" },
+      `${values.length} steps; values from ${fmt(Math.min(...values))} to ${fmt(Math.max(...values))}.`));
+
+  const grid = svg("g", { class: "grid" });
+  for (let v = low; v <= high + step / 2; v += step) {
+    const value = Math.abs(v) < step * 1e-9 ? 0 : v;
+    grid.append(svg("line", { x1: x(0), x2: x(1), y1: y(value), y2: y(value), class: value === 0 ? "zero" : "" }),
+      svg("text", { x: m.left - 8, y: y(value) + 4, class: "tick y" }, fmt(value, 3)));
+  }
+  for (const a of [0, 0.25, 0.5, 0.75, 1]) {
+    grid.append(svg("line", { x1: x(a), x2: x(a), y1: y(high), y2: y(low), class: "v" }),
+      svg("text", { x: x(a), y: H - m.bottom + 18, class: "tick x" }, String(a)));
+  }
+  plot.append(grid);
+  plot.append(
+    svg("line", { x1: x(0), x2: x(1), y1: y(low), y2: y(low), class: "axis" }),
+    svg("line", { x1: x(0), x2: x(0), y1: y(low), y2: y(high), class: "axis" }),
+    svg("text", { x: (x(0) + x(1)) / 2, y: H - 6, class: "axis-label" }, "α  (0 = baseline x′, 1 = input x)"),
+    svg("text", { x: 14, y: (y(low) + y(high)) / 2, class: "axis-label",
+      transform: `rotate(-90 14 ${(y(low) + y(high)) / 2})` }, "g(α) · (x − x′)"));
+
+  const points = alphas.map((a, i) => [x(a), y(values[i])]);
+  if (points.length) {
+    const line = points.map(([px, py]) => `${px.toFixed(2)},${py.toFixed(2)}`).join(" ");
+    const first = points[0][0].toFixed(2);
+    const last = points[points.length - 1][0].toFixed(2);
+    const zero = y(0).toFixed(2);
+    plot.append(svg("polygon", { class: "area", points: `${first},${zero} ${line} ${last},${zero}` }),
+      svg("polyline", { class: "curve", points: line }));
+  }
+  const dots = svg("g", { class: "points" });
+  const radius = alphas.length > 80 ? 2 : 3.5;
+  alphas.forEach((a, i) => {
+    const dot = svg("circle", { class: "point", cx: points[i][0], cy: points[i][1], r: radius,
+      "data-alpha": String(a), "data-value": String(values[i]) });
+    dot.append(svg("title", {}, `step ${i + 1}: α = ${a}, integrand = ${values[i]}`));
+    dots.append(dot);
+  });
+  plot.append(dots);
+  box.replaceChildren(plot);
+}
+
+function shellQuote(text) {
+  return `'${text.replace(/'/g, "'\\''")}'`;
+}
+
+function renderCurl(request) {
+  const url = new URL(request.path, document.baseURI).href;
+  $("#curl").textContent = `curl ${url} -H 'Content-Type: application/json' `
+    + `-d ${shellQuote(JSON.stringify(request.body))} --output returned_gradients.gzip`;
+}
+
+// --- downloads ----------------------------------------------------------
+
+function saveBlob(blob, name) {
+  const url = URL.createObjectURL(blob);
+  const link = el("a", { href: url, download: name });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 30000);
+}
+
+async function downloadGzip() {
+  if (!state.request) return;
+  const button = $("#download-gzip");
+  button.disabled = true;
+  $("#download-status").textContent = "Preparing the torch dict…";
+  clearError();
+  try {
+    // No ?format: the server's default answer, the gzip'd torch.save dict.
+    const response = await send(state.request.path, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/gzip" },
+      body: JSON.stringify(state.request.body),
+    });
+    if (!response.ok) throw errorFrom(response, await readText(response));
+    saveBlob(await response.blob(), "returned_gradients.gzip");
+    $("#download-status").textContent = "Saved returned_gradients.gzip.";
+  } catch (err) {
+    $("#download-status").textContent = "";
+    showError(err);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function downloadJSON() {
+  if (!state.resultText) return;
+  saveBlob(new Blob([state.resultText], { type: "application/json" }), "returned_gradients.json");
+  $("#download-status").textContent = "Saved returned_gradients.json.";
+}
+
+// --- wiring -------------------------------------------------------------
+
+function init() {
+  $("#form").addEventListener("submit", onSubmit);
+  $("#model").addEventListener("change", () => applyModel());
+  $("#cancel").addEventListener("click", () => state.controller && state.controller.abort());
+  $("#text").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("#form").requestSubmit();
+  });
+  $("#ignore-special").addEventListener("change", () => state.result && renderTokens(state.result));
+  for (const type of ["mouseover", "focusin"]) {
+    $("#tokens").addEventListener(type, (event) => {
+      const span = event.target.closest(".token");
+      if (span) describeToken(span);
+    });
+  }
+  let resizing = null;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizing);
+    resizing = setTimeout(() => state.result && renderIntegrand(state.result), 150);
+  });
+  $("#download-gzip").addEventListener("click", downloadGzip);
+  $("#download-json").addEventListener("click", downloadJSON);
+  renderCurl({ path: "model/", body: { sequence: "a great film" } });
+  loadModels();
+}
+
+init();
