@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +47,21 @@ def _unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, para
 
 def _http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError, params: Any) -> None:
     resp.status = exc.status
-    code = exc.title.split(" ", 1)[-1].lower().replace(" ", "_")
+    code = _code(exc.status_code)
     body = {"code": code, "title": exc.title,
             "description": exc.description or _describe(req, exc)}
     resp.media = body
     for name, value in (exc.headers or {}).items():
         resp.set_header(name, value)
+
+
+def _code(status: int) -> str:
+    """``not_found`` for 404: from the status code, not Falcon's title, which is
+    not always "NNN Reason" (an unknown method's is "Bad request")."""
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return "http_error"
 
 
 def _describe(req: falcon.Request, exc: falcon.HTTPError) -> str:

@@ -31,10 +31,27 @@ def _too_large(req: falcon.Request, limit: int, described: str) -> PayloadTooLar
     sending) receives the 413 instead of a broken pipe."""
     length = req.content_length
     if length is None or length <= DRAIN_CAP:
-        drained = 0
-        while drained < DRAIN_CAP and req.bounded_stream.read(1 << 20):
+        drained, stream = 0, _body_stream(req)
+        while drained < DRAIN_CAP and _read(stream, 1 << 20):
             drained += 1 << 20
     return PayloadTooLarge(f"{described}; the limit is {limit} bytes")
+
+
+def _body_stream(req: falcon.Request) -> Any:
+    """Where the body comes from. ``bounded_stream`` trusts Content-Length and
+    reads nothing without one, which silently emptied chunked uploads; when the
+    server says its input ends where the body ends (``wsgi.input_terminated``,
+    as gunicorn does after de-chunking) that stream is read instead."""
+    if req.content_length is None and req.env.get("wsgi.input_terminated"):
+        return req.stream
+    return req.bounded_stream
+
+
+def _read(stream: Any, size: int) -> bytes:
+    try:
+        return stream.read(size)
+    except Exception as exc:  # noqa: BLE001 - the server's parser: bad chunk framing, a body cut short
+        raise BadRequest(f"the body could not be read ({type(exc).__name__}): send a JSON object") from None
 
 
 def read_json_body(req: falcon.Request, limit: int) -> Any:
@@ -43,7 +60,7 @@ def read_json_body(req: falcon.Request, limit: int) -> Any:
     length = req.content_length
     if length is not None and length > limit:
         raise _too_large(req, limit, f"the body is {length} bytes")
-    data = req.bounded_stream.read(limit + 1)
+    data = _read(_body_stream(req), limit + 1)
     if len(data) > limit:
         raise _too_large(req, limit, "the body is too large")
     if not data.strip():

@@ -11,7 +11,10 @@ its sockets or state. Rules it keeps:
 * A request past its deadline is answered at once, whether queued or running;
   a reply arriving after that is dropped, never handed to anyone else.
 * Messages that break the protocol are logged and dropped; peers are never
-  trusted to be well-formed.
+  trusted to be well-formed. Connections libzmq refuses on its own (a failed
+  CURVE handshake, a message over MAXMSGSIZE) are logged from socket monitors.
+* The loop never blocks on a peer: every send is non-blocking, so a client or
+  worker that stops reading loses its own messages, not everyone's service.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from . import protocol as p
 from .endpoints import is_local_endpoint
@@ -46,6 +50,84 @@ DEFAULT_BACKEND = "tcp://127.0.0.1:5556"
 MAX_ATTEMPTS = 2  # a request is dispatched at most twice (re-dispatched once)
 POLL_CAP = 0.2  # seconds: how quickly a stop request is noticed
 DISCONNECT_EVERY = 1.0  # seconds between DISCONNECTs to the same unknown worker
+CLOSE_LINGER_MS = 2000  # at exit, time given to answers already sent to reach their clients
+MAX_MODEL_NAME = 200
+PEER_LOG_BURST = 100  # warnings about misbehaving peers logged per PEER_LOG_WINDOW
+PEER_LOG_WINDOW = 10.0
+HANDSHAKE_FAILURES = {
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake failed",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "not a valid ZMTP/CURVE handshake",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "CURVE key refused",
+}
+PROTOCOL_ERRORS = {
+    getattr(zmq, name): name.removeprefix("PROTOCOL_ERROR_").lower()
+    for name in dir(zmq) if name.startswith("PROTOCOL_ERROR_") and isinstance(getattr(zmq, name), int)
+}
+
+
+class PeerLog:
+    """Rate-limited lines about peers: a flood of garbage must not become a
+    flood of log lines. Each kind of line (its format string) may be logged
+    ``PEER_LOG_BURST`` times per window, so one flood hides no other kind;
+    beyond that, lines are counted and the count is logged later."""
+
+    def __init__(self) -> None:
+        self._windows: dict[str, list[float]] = {}  # format -> [window end, logged, suppressed]
+
+    def __call__(self, level: int, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        window = self._windows.setdefault(message, [0.0, 0, 0])
+        if now >= window[0]:
+            if window[2]:
+                log.warning("%d more lines like %r were not logged", window[2], message)
+            window[:] = [now + PEER_LOG_WINDOW, 0, 0]
+        if window[1] >= PEER_LOG_BURST:
+            window[2] += 1
+            return
+        window[1] += 1
+        log.log(level, message, *args)
+
+
+class SocketWatch:
+    """A monitor on one ROUTER: logs what libzmq decides before the broker sees
+    a message. A peer without an authorised CURVE key, or not speaking ZMTP,
+    fails the handshake; a message over MAXMSGSIZE drops its connection."""
+
+    EVENTS = zmq.EVENT_DISCONNECTED | sum(HANDSHAKE_FAILURES)
+
+    def __init__(self, sock: zmq.Socket, role: str, peer_log: PeerLog, count: Callable[[str], None]) -> None:
+        self.sock = sock
+        self.role = role
+        self.peer_log = peer_log
+        self.count = count
+        self.monitor = sock.get_monitor_socket(self.EVENTS)
+
+    def drain(self) -> None:
+        for _ in range(64):
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            kind, value = event["event"], event["value"]
+            endpoint = event["endpoint"].decode("ascii", "replace")
+            if kind == zmq.EVENT_DISCONNECTED:
+                self.count(f"{self.role}_disconnections")
+                self.peer_log(logging.INFO, "%s connection closed on %s (the peer left, or sent a message "
+                              "over the size limit)", self.role, endpoint)
+            elif kind in HANDSHAKE_FAILURES:
+                detail = PROTOCOL_ERRORS.get(value, value) if kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL else value
+                self.count("handshakes_refused")
+                self.peer_log(logging.WARNING, "refused a %s connection on %s: %s (%s)", self.role, endpoint,
+                              HANDSHAKE_FAILURES[kind], detail)
+
+    def close(self) -> None:
+        self.sock.disable_monitor()
+        self.monitor.close(linger=0)
+
+
+def _printable(text: str, limit: int = 80) -> str:
+    """A peer-chosen string made safe for one log line."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text[:limit])
 
 
 @dataclass
@@ -102,7 +184,7 @@ class WorkerRecord:
 
     @property
     def name(self) -> str:
-        return self.identity.decode("ascii", "replace")
+        return _printable(self.identity.decode("ascii", "replace"))
 
 
 class Broker:
@@ -122,6 +204,8 @@ class Broker:
         self._next_heartbeat = 0.0
         self._disconnect_sent: dict[bytes, float] = {}
         self._authenticator: Any = None
+        self._watches: list[SocketWatch] = []
+        self._peer_log = PeerLog()
         self.frontend: zmq.Socket | None = None
         self.backend: zmq.Socket | None = None
 
@@ -141,6 +225,8 @@ class Broker:
         if s.curve is not None:
             self._authenticator = s.curve.apply(backend, self.context)
         self.backend = self._configure(backend, s.backend, s.max_worker_message)
+        self._watches = [SocketWatch(self.frontend, "client", self._peer_log, self._count),
+                         SocketWatch(self.backend, "worker", self._peer_log, self._count)]
         log.info("broker listening: frontends on %s, workers on %s", s.frontend, s.backend)
 
     def _router(self, endpoint: str, max_message: int) -> zmq.Socket:
@@ -159,11 +245,17 @@ class Broker:
         self._stop_requested = True
 
     def close(self) -> None:
+        """Close both sockets. They linger (LINGER 0 would discard the answers
+        sent in the loop's last turn, e.g. the replies it waited for while
+        shutting down); the process owning the context terms it to flush them."""
         for record in list(self.workers.values()):
             self._send_worker(record.identity, p.envelope(p.WORKER, p.Command.DISCONNECT))
+        for watch in self._watches:
+            watch.close()
+        self._watches = []
         for sock in (self.frontend, self.backend):
             if sock is not None:
-                sock.close(linger=0)
+                sock.close(linger=CLOSE_LINGER_MS)
         if self._authenticator is not None:
             self._authenticator.stop()
 
@@ -194,8 +286,14 @@ class Broker:
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
-                return
-            handler(frames[0].bytes, frames[1:])
+                break
+            try:
+                handler(frames[0].bytes, frames[1:])
+            except Exception:  # noqa: BLE001 - one peer's message must never stop the loop
+                self._count("handler_errors")
+                log.exception("error while handling a message from %r; dropped it", frames[0].bytes[:40])
+        for watch in self._watches:
+            watch.drain()
 
     def _finished(self) -> bool:
         now = time.monotonic()
@@ -274,20 +372,24 @@ class Broker:
             message = p.parse(frames, p.CLIENT)
         except p.ProtocolError as exc:
             self._count("protocol_errors")
-            log.warning("dropped a malformed client message: %s", exc)
+            self._peer_log(logging.WARNING, "dropped a malformed client message: %s", exc)
             return
         if message.command == p.Command.STATUS:
             self._send_client(client, p.envelope(p.CLIENT, p.Command.STATUS_REPLY, message.request_id) + [p.dumps(self.status())])
         elif message.command == p.Command.REQUEST:
             self._accept(client, message)
         else:
-            log.warning("client sent %s; ignored", message.command.name)
+            self._count("protocol_errors")
+            self._peer_log(logging.WARNING, "client sent %s; ignored", message.command.name)
 
     def _accept(self, client: bytes, message: p.Message) -> None:
         request_id = message.request_id or ""
         try:
             body = p.parse_request_body(message.body[0])
         except p.ProtocolError as exc:
+            self._count("protocol_errors")
+            self._peer_log(logging.WARNING, "refused a malformed request %r from client %r: %s",
+                           request_id, client[:16], exc)
             self._reply_error(client, request_id, BadRequest(f"malformed request: {exc}"))
             return
         now = time.monotonic()
@@ -333,14 +435,14 @@ class Broker:
             message = p.parse(frames, p.WORKER)
         except p.ProtocolError as exc:
             self._count("protocol_errors")
-            log.warning("dropped a malformed message from worker %r: %s", identity[:40], exc)
+            self._peer_log(logging.WARNING, "dropped a malformed message from worker %r: %s", identity[:40], exc)
             return
         record = self.workers.get(identity)
         if message.command == p.Command.READY:
             self._register(identity, message)
             return
         if record is None:
-            self._disconnect_unknown(identity)
+            self._disconnect_unknown(identity, message)
             return
         record.expires = time.monotonic() + self.settings.worker_expiry
         if message.command in (p.Command.REPLY, p.Command.ERROR):
@@ -351,11 +453,12 @@ class Broker:
     def _register(self, identity: bytes, message: p.Message) -> None:
         try:
             info = p.loads_object(message.body[0])
-            model = info["model"]
-            if not isinstance(model, str) or not model:
-                raise p.ProtocolError("READY without a model name")
-        except (p.ProtocolError, KeyError) as exc:
-            log.warning("refused worker %r: %s", identity[:40], exc)
+            model = info.get("model")
+            if not isinstance(model, str) or not 0 < len(model) <= MAX_MODEL_NAME:
+                raise p.ProtocolError(f"READY needs a model name of 1 to {MAX_MODEL_NAME} characters")
+        except p.ProtocolError as exc:
+            self._count("protocol_errors")
+            self._peer_log(logging.WARNING, "refused worker %r: %s", identity[:40], exc)
             return
         if identity in self.workers:
             self.worker_gone(identity, died=False, reason="re-registered")
@@ -364,10 +467,13 @@ class Broker:
         self.known_models[model] = info
         self.idle.setdefault(model, deque()).append(identity)
         self._disconnect_sent.pop(identity, None)
+        load_seconds = info.get("load_seconds")
+        if isinstance(load_seconds, bool) or not isinstance(load_seconds, (int, float)) or not 0 <= load_seconds < 1e9:
+            load_seconds = 0.0  # what a worker says about itself only decorates this line
         log.info(
-            "worker %s ready: model %s on %s (%s), loaded in %.1f s",
-            identity.decode("ascii", "replace"), model, info.get("device", "?"),
-            info.get("placement", ""), float(info.get("load_seconds", 0.0)),
+            "worker %s ready: model %s on %.40s (%.80s), loaded in %.1f s",
+            self.workers[identity].name, _printable(model), info.get("device", "?"),
+            info.get("placement", ""), load_seconds,
         )
         self.dispatch()
 
@@ -375,7 +481,8 @@ class Broker:
         pending = record.request
         if pending is None or pending.request_id != message.request_id:
             self._count("late_replies_dropped")
-            log.info("dropped a reply for %s from %s: not its current request", message.request_id, record.name)
+            self._peer_log(logging.INFO, "dropped a reply for %r from %s: not its current request",
+                           message.request_id, record.name)
             return
         record.request = None
         record.served += 1
@@ -384,12 +491,19 @@ class Broker:
             self._count("late_replies_dropped")
             return
         if message.command == p.Command.ERROR:
-            self._answer(pending, p.envelope(p.CLIENT, p.Command.ERROR, pending.request_id) + list(message.body[:1]), "error")
+            try:  # decoded and re-encoded: the client gets a well-formed error, whatever was sent
+                error = p.parse_error_strict(message.body)
+            except p.ProtocolError as exc:
+                self._count("protocol_errors")
+                self._peer_log(logging.WARNING, "worker %s sent a malformed error: %s", record.name, exc)
+                error = IntgradsError(f"worker {record.name} sent a malformed error")
+            self._answer(pending, p.error_frames(p.CLIENT, pending.request_id, error), "error")
             return
         try:
             p.check_reply_frames(message.body)
         except p.ProtocolError as exc:
-            log.warning("worker %s sent a malformed reply: %s", record.name, exc)
+            self._count("protocol_errors")
+            self._peer_log(logging.WARNING, "worker %s sent a malformed reply: %s", record.name, exc)
             self._answer_error(pending, IntgradsError(f"worker {record.name} sent a malformed reply"))
             return
         self._answer(pending, p.envelope(p.CLIENT, p.Command.REPLY, pending.request_id) + list(message.body), "ok")
@@ -422,10 +536,16 @@ class Broker:
         self.queues.setdefault(pending.model, deque()).appendleft(pending)
         self._count("requests_redispatched")
 
-    def _disconnect_unknown(self, identity: bytes) -> None:
+    def _disconnect_unknown(self, identity: bytes, message: p.Message) -> None:
+        """A message from a worker that is not registered (dropped for missed
+        heartbeats, or never READY): ignored, and the peer told to register."""
+        self._count("unregistered_messages")
         now = time.monotonic()
         if now - self._disconnect_sent.get(identity, 0.0) >= DISCONNECT_EVERY:
             self._disconnect_sent[identity] = now
+            self._peer_log(logging.INFO, "ignored %s%s from unregistered worker %r; told it to register",
+                           message.command.name, f" for {message.request_id!r}" if message.request_id else "",
+                           identity[:40])
             self._send_worker(identity, p.envelope(p.WORKER, p.Command.DISCONNECT))
         if len(self._disconnect_sent) > 10_000:
             self._disconnect_sent.clear()
@@ -446,15 +566,17 @@ class Broker:
         self._send_client(client, p.error_frames(p.CLIENT, request_id or "-", error))
 
     def _send_client(self, client: bytes, frames: list[Any]) -> None:
+        # NOBLOCK: with ROUTER_MANDATORY a blocking send to a peer at its
+        # high-water mark (a client that stopped reading) would stall the loop.
         try:
-            self.frontend.send_multipart([client, *frames], copy=False)
+            self.frontend.send_multipart([client, *frames], zmq.NOBLOCK, copy=False)
         except zmq.ZMQError as exc:
             self._count("undeliverable")
-            log.info("could not answer client %r: %s", client[:16], exc)
+            self._peer_log(logging.INFO, "could not answer client %r: %s", client[:16], exc)
 
     def _send_worker(self, identity: bytes, frames: list[Any]) -> bool:
         try:
-            self.backend.send_multipart([identity, *frames], copy=False)
+            self.backend.send_multipart([identity, *frames], zmq.NOBLOCK, copy=False)
             return True
         except zmq.ZMQError:
             return False

@@ -130,7 +130,10 @@ class BrokerClient:
         if message.command == p.Command.ERROR:
             return p.parse_error(message.body)
         if message.command == p.Command.STATUS_REPLY:
-            return p.loads_object(message.body[0])
+            try:
+                return p.loads_object(message.body[0])
+            except p.ProtocolError as exc:
+                return IntgradsError(f"malformed status reply: {exc}")
         return IntgradsError(f"unexpected {message.command.name} from the broker")
 
     def _drain_monitor(self) -> bool:

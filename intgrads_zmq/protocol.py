@@ -31,6 +31,7 @@ sizes checked before use.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ WORKER = b"IGW1"
 
 MAX_JSON_BYTES = 8 << 20  # request texts and metadata; tensors travel as raw frames
 MAX_REQUEST_ID_BYTES = 64
+MAX_TIMEOUT_SECONDS = 1e9  # longer asked-for deadlines are clamped to this (the broker clamps further)
+MAX_RETRY_AFTER = 86_400.0
 
 
 class Command(bytes, Enum):
@@ -89,15 +92,34 @@ def dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
 def loads(frame: Any) -> Any:
-    """Decode a JSON frame with a size bound; errors become ProtocolError."""
+    """Decode a JSON frame with a size bound; errors become ProtocolError.
+
+    Strict where Python's json is lenient, because whatever is decoded here may
+    be re-encoded later with ``allow_nan=False`` (a failure then, far from the
+    peer that caused it, would stop the broker's loop): NaN, Infinity and
+    numbers like 1e400 are refused. So are the ValueError of an integer with
+    more than 4300 digits and the RecursionError of deeply nested arrays, which
+    json.loads raises instead of JSONDecodeError.
+    """
     data = _bytes(frame)
     if len(data) > MAX_JSON_BYTES:
         raise ProtocolError(f"JSON frame of {len(data)} bytes exceeds {MAX_JSON_BYTES}")
     try:
-        return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"bad JSON frame: {exc}") from None
+        return json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError included
+        raise ProtocolError(f"bad JSON frame: {str(exc)[:200]}") from None
 
 
 def loads_object(frame: Any) -> dict[str, Any]:
@@ -190,11 +212,23 @@ def parse_request_body(frame: Any) -> RequestBody:
         raise ProtocolError("'sequence' must be a string")
     if not isinstance(options, dict):
         raise ProtocolError("'options' must be an object")
+    if not all(_flat(value) for value in options.values()):
+        raise ProtocolError("'options' values must be scalars or lists of scalars")
     if timeout is not None and (
         isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
     ):
         raise ProtocolError("'timeout' must be a positive number")
-    return RequestBody(model, sequence, options, float(timeout) if timeout is not None else None)
+    if timeout is not None:  # min() first: float() of a 400-digit int raises OverflowError
+        timeout = float(min(timeout, MAX_TIMEOUT_SECONDS))
+    return RequestBody(model, sequence, options, timeout)
+
+
+def _flat(value: Any) -> bool:
+    """Options are scalars or lists of scalars (``fields``); anything nested is
+    refused here so that re-encoding a request can never recurse deeply."""
+    if isinstance(value, list):
+        return not any(isinstance(item, (list, dict)) for item in value)
+    return not isinstance(value, dict)
 
 
 # -- replies with tensors -------------------------------------------------
@@ -242,8 +276,21 @@ def error_frames(header: bytes, request_id: str, error: IntgradsError) -> list[b
     return envelope(header, Command.ERROR, request_id) + [dumps(error.to_dict())]
 
 
+def parse_error_strict(body: Sequence[Any]) -> IntgradsError:
+    """An ERROR's typed error; ProtocolError if it is not a JSON object.
+
+    A ``retry_after`` that is not a number of seconds in [0, a day] is dropped:
+    it becomes a Retry-After header, and ``float()`` of a huge integer raises.
+    """
+    data = loads_object(body[0])
+    retry = data.get("retry_after")
+    if isinstance(retry, bool) or not isinstance(retry, (int, float)) or not 0 <= retry <= MAX_RETRY_AFTER:
+        data.pop("retry_after", None)
+    return IntgradsError.from_dict(data)
+
+
 def parse_error(body: Sequence[Any]) -> IntgradsError:
     try:
-        return IntgradsError.from_dict(loads(body[0]))
+        return parse_error_strict(body)
     except ProtocolError:
         return IntgradsError("malformed error reply")

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .broker import Broker, BrokerSettings
+from .broker import CLOSE_LINGER_MS, Broker, BrokerSettings
 from .endpoints import BROKER_ENV
 from .models.spec import ModelSpec
 from .security import CurveServer, ensure_local_worker_key
@@ -50,7 +50,10 @@ def build_broker(spec: ModelSpec, settings: dict[str, Any], *, frontend: str, ba
 
     curve = CurveServer.from_dir(keys) if keys else None
     worker_curve = ensure_local_worker_key(keys) if keys else None
-    configs = worker_configs(local_connect_endpoint(backend), spec, settings, worker_curve)
+    # A broker-only start (--workers 0) plans nothing: planning imports torch,
+    # seconds before the sockets are bound that such a broker need not wait.
+    configs = [] if settings.get("workers") == 0 else worker_configs(
+        local_connect_endpoint(backend), spec, settings, worker_curve)
     for config in configs:
         config.heartbeat_interval = heartbeat
     broker = Broker(BrokerSettings(
@@ -76,8 +79,16 @@ def run_broker(spec: ModelSpec, settings: dict[str, Any], **kwargs: Any) -> int:
         broker.run(on_tick=supervisor.poll)
     finally:
         supervisor.stop()
+        _flush(broker)
     log.info("stopped")
     return 0
+
+
+def _flush(broker: Broker) -> None:
+    """Terminate the broker's context: this waits (up to the sockets' linger)
+    until the answers sent in the loop's last turn have left the process;
+    exiting without it could drop them."""
+    broker.context.destroy(linger=CLOSE_LINGER_MS)
 
 
 def run_workers(configs: list[Any]) -> int:
@@ -151,6 +162,7 @@ def run_all_in_one(spec: ModelSpec, settings: dict[str, Any], *, host: str, port
             except subprocess.TimeoutExpired:
                 http.kill()
         supervisor.stop()
+        _flush(broker)
         for leftover in sockets.glob("*"):
             leftover.unlink(missing_ok=True)
         sockets.rmdir()

@@ -222,6 +222,9 @@ class Computer:
                 dtype=self.config.dtype, deadline=job.deadline,
                 before_chunk=self.faults.before_chunk if self.faults else None,
             )
+            # Encoded inside the try: metadata the wire refuses (a NaN from a
+            # diverging model) must become an answer, not end the worker.
+            return p.reply_frames(p.WORKER, job.request_id, result.meta, raw_tensors(result.tensors))
         except IntgradsError as exc:
             return p.error_frames(p.WORKER, job.request_id, exc)
         except Exception as exc:  # noqa: BLE001 - any model failure becomes an answer
@@ -229,7 +232,6 @@ class Computer:
             return p.error_frames(
                 p.WORKER, job.request_id, ComputeFailed(f"the model raised {type(exc).__name__}: {exc}")
             )
-        return p.reply_frames(p.WORKER, job.request_id, result.meta, raw_tensors(result.tensors))
 
 
 def raw_tensors(tensors: dict[str, Any]) -> dict[str, Any]:

@@ -109,6 +109,27 @@ class Broker:
     def worker_pids(self) -> list[int]:
         return [w["pid"] for w in self.status()["workers"]]
 
+    def busy_worker_pid(self, timeout: float = 10.0, model: str | None = None) -> int:
+        """The pid of a worker holding a request (waits for one to become busy)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            busy = [w["pid"] for w in self.status()["workers"]
+                    if w["state"] == "busy" and model in (None, w["model"])]
+            if busy:
+                return busy[0]
+            time.sleep(0.05)
+        raise TimeoutError("no worker became busy")
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would; supervised workers die with it (PR_SET_PDEATHSIG)."""
+        pids = descendants(self.process.pid)
+        self.process.kill()
+        self.process.wait(timeout=30)
+        wait_until(lambda: not any(alive(p) for p in pids), 20, "the broker's workers to die with it")
+
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, wait, and assert nothing of ours is left running."""
         pids = descendants(self.process.pid)
@@ -141,6 +162,57 @@ def start_broker(model_args: list[str], *, workers: int = 1, extra_args: list[st
     full_env = base_env(env)
     process = subprocess.Popen(command, cwd=REPO, env=full_env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     return Broker(process, frontend, backend, log, workers, full_env)
+
+
+@dataclass
+class RemoteWorker:
+    """``intgrads-broker worker --connect ...``: workers a broker does not supervise
+    (another host's, in production); they outlive a broker crash and re-register."""
+
+    process: subprocess.Popen
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM, wait, and assert no worker process is left."""
+        pids = descendants(self.process.pid)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+        deadline = time.monotonic() + 10
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = [p for p in pids if alive(p)]
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        assert not left, f"worker processes left after exit: {left}"
+
+
+def start_remote_worker(backend: str, model_args: list[str], *, folder: Path, env: dict[str, str] | None = None,
+                        extra_args: list[str] | None = None) -> RemoteWorker:
+    log = folder / f"worker-{time.time_ns()}.log"
+    command = [PYTHON, "-m", "intgrads_zmq.cli", "worker", "--connect", backend, *model_args, "--cpu",
+               "--heartbeat", "0.5", *(extra_args or [])]
+    process = subprocess.Popen(command, cwd=REPO, env=base_env(env), stdout=log.open("wb"),
+                               stderr=subprocess.STDOUT)
+    return RemoteWorker(process, log)
+
+
+def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll ``predicate`` until it returns something truthy; TimeoutError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
 
 
 @dataclass
@@ -193,6 +265,59 @@ def start_frontend(broker_endpoint: str, *, env: dict[str, str] | None = None,
             pass
         time.sleep(0.2)
     raise TimeoutError(f"gunicorn did not start:\n{log.read_text()[-3000:]}")
+
+
+def raw_http(port: int, request: bytes, *, timeout: float = 10.0, half_close: bool = False,
+             pause: float = 0.0) -> tuple[int | None, dict[str, str], bytes]:
+    """Send raw bytes to 127.0.0.1:``port`` and parse whatever HTTP answer comes.
+
+    For requests http.client refuses to send (bad request lines, conflicting
+    headers, partial bodies). ``pause`` waits between writing and reading (a
+    stalled client); ``half_close`` then shuts the write side so the server
+    sees EOF. Returns (None, {}, b"") when the server closes without answering.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        try:
+            sock.sendall(request)
+        except OSError:  # the server may answer and close before reading it all
+            pass
+        if pause:
+            time.sleep(pause)
+        if half_close:
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        return read_response(sock)
+
+
+def read_response(sock: socket.socket) -> tuple[int | None, dict[str, str], bytes]:
+    """Read one HTTP response (to its Content-Length, or to EOF) from ``sock``."""
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if sep:
+            length = [line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")]
+            if length and len(body) >= int(length[0]):
+                break
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    if not lines[0].startswith(b"HTTP/"):
+        return None, {}, data
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.decode("latin-1").strip().lower()] = value.decode("latin-1").strip()
+    return status, headers, body
 
 
 def http(method: str, url: str, *, data: bytes | None = None, headers: dict[str, str] | None = None,
