@@ -44,6 +44,7 @@ if str(REPO) not in sys.path:  # run as a file (python bench/time_trial.py)
 import click  # noqa: E402
 
 from bench.texts import read_texts, review_texts  # noqa: E402
+from intgrads_zmq.cli import model_source_options  # noqa: E402
 from intgrads_zmq.options import BASELINES, METHODS  # noqa: E402
 
 OURS = "intgrads-zmq (one pass, 4 outputs)"
@@ -509,16 +510,7 @@ def _batch_choice(_ctx: Any, _param: Any, value: str) -> str:
 
 
 @click.command(context_settings={"help_option_names": ["--help"]})
-@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False),
-              help="A Hugging Face sequence-classifier directory. None of the model flags: the demo model.")
-@click.option("-bp", "--bert-path", type=click.Path(exists=True, dir_okay=False),
-              help="The original server's fine-tuned BERT state dict (.pth).")
-@click.option("-xlb", "--xlnet-base-path", type=click.Path(exists=True, dir_okay=False),
-              help="The original server's fine-tuned XLNet-base state dict.")
-@click.option("-xll", "--xlnet-large-path", type=click.Path(exists=True, dir_okay=False),
-              help="The original server's fine-tuned XLNet-large state dict.")
-@click.option("--tokenizer", type=click.Path(exists=True, file_okay=False),
-              help="Tokenizer directory for -bp/-xlb/-xll.")
+@model_source_options
 @click.option("--examples", type=click.IntRange(min=1), default=8, show_default=True,
               help="Texts to explain (the original ran 1,855).")
 @click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
@@ -555,7 +547,7 @@ def main(model_dir: str | None, bert_path: str | None, xlnet_base_path: str | No
     LayerIntegratedGradients plus a separate intermediate-gradients pass) and
     the speed-up.
     """
-    from intgrads_zmq.cli import model_spec
+    from intgrads_zmq.cli import model_spec  # noqa: I001
 
     if method == "riemann_trapezoid" and n_steps < 2:
         raise click.UsageError("riemann_trapezoid needs --n-steps 2 or more")

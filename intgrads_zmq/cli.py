@@ -26,9 +26,13 @@ from .options import BASELINES, METHODS
 log = logging.getLogger("intgrads")
 
 
-def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """The model-selection flags shared by every serving command."""
-    decorators = [
+def _apply(func: Callable[..., Any], decorators: list[Callable[..., Any]]) -> Callable[..., Any]:
+    return functools.reduce(lambda f, d: d(f), reversed(decorators), func)
+
+
+def model_source_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Which model to load (no flag: the embedded demo model); shared with bench/."""
+    return _apply(func, [
         click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False),
                      help="A Hugging Face sequence-classifier directory (config, weights, tokenizer)."),
         click.option("-bp", "--bert-path", type=click.Path(exists=True, dir_okay=False),
@@ -39,6 +43,13 @@ def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="The original server's fine-tuned XLNet-large state dict."),
         click.option("--tokenizer", type=click.Path(exists=True, file_okay=False),
                      help="Tokenizer directory for -bp/-xlb/-xll (vocab.txt, spiece.model or tokenizer.json)."),
+    ])
+
+
+def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The model-selection and serving flags shared by every serving command."""
+    decorators = [
+        model_source_options,
         click.option("--name", default=None,
                      help="Name requests use for this model (POST /model/NAME/). Default: 'demo', or "
                           "the directory / file stem."),
@@ -66,7 +77,7 @@ def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Memory for one chunk of path steps, e.g. 2GiB (default: 2GiB on CPU, 60% of "
                           "free GPU memory). Long inputs run in more, smaller chunks."),
     ]
-    return functools.reduce(lambda f, d: d(f), reversed(decorators), func)
+    return _apply(func, decorators)
 
 
 def model_spec(model_dir: str | None, bert_path: str | None, xlnet_base_path: str | None,

@@ -63,6 +63,27 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def terminate_tree(process: subprocess.Popen, timeout: float, what: str) -> int:
+    """SIGTERM ``process``, wait for it, and assert none of its descendants
+    outlives it (any found are killed so one failure does not leak)."""
+    pids = descendants(process.pid)
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        code = process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [p for p in pids if alive(p)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes left after the {what} exited: {left}"
+    return code
+
+
 def base_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"})
@@ -132,22 +153,7 @@ class Broker:
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, wait, and assert nothing of ours is left running."""
-        pids = descendants(self.process.pid)
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            raise
-        deadline = time.monotonic() + 10
-        while any(alive(p) for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        left = [p for p in pids if alive(p)]
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
-        assert not left, f"processes left after broker exit: {left}"
-        return code
+        return terminate_tree(self.process, timeout, "broker")
 
 
 def start_broker(model_args: list[str], *, workers: int = 1, extra_args: list[str] | None = None,
@@ -177,21 +183,7 @@ class RemoteWorker:
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM, wait, and assert no worker process is left."""
-        pids = descendants(self.process.pid)
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            raise
-        deadline = time.monotonic() + 10
-        while any(alive(p) for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        left = [p for p in pids if alive(p)]
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
-        assert not left, f"worker processes left after exit: {left}"
+        terminate_tree(self.process, timeout, "worker")
 
 
 def start_remote_worker(backend: str, model_args: list[str], *, folder: Path, env: dict[str, str] | None = None,
