@@ -52,7 +52,11 @@ class ChunkPlanner:
         steps = int(self.budget_bytes * self.shrink) // max(per_step, 1)
         if self.max_tokens_per_chunk:
             steps = min(steps, max(1, self.max_tokens_per_chunk // max(tokens, 1)))
-        return max(1, min(steps, n_steps))
+        steps = max(1, min(steps, n_steps))
+        # Equal chunks: 50 steps in chunks of at most 12 run as 5 x 10, not
+        # 4 x 12 + 2 (a small last chunk wastes the GEMMs' efficiency).
+        chunks = -(-n_steps // steps)
+        return -(-n_steps // chunks)
 
     def learn_oom(self, failed_steps: int, tokens: int, hints: dict[str, int], dtype: str) -> None:
         """Remember that ``failed_steps`` did not fit, so later plans aim lower."""
