@@ -105,6 +105,9 @@ class AttributionResource:
         req.context.compute_seconds = [
             p.meta.get("timings", {}).get("compute_seconds", 0.0) for p in payloads
         ]
+        # Standard Server-Timing: lets a client split its wait into the model's
+        # compute and everything else (queueing, transfers, encoding).
+        resp.set_header("Server-Timing", f"compute;dur={1000 * sum(req.context.compute_seconds):.1f}")
         body = encode(payloads, fmt, batch=parsed.batch)
         resp.data = body.body
         resp.content_type = body.media_type
