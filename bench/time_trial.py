@@ -225,13 +225,8 @@ def _max_rss_mib() -> float:
 def _planner(adapter: Any, dtype: str) -> Any:
     """A chunk planner exactly as a worker on this device builds it."""
     from intgrads_zmq.engine import ChunkPlanner
-    from intgrads_zmq.engine.memory import CPU_TOKENS_PER_CHUNK, default_budget
 
-    device = adapter.device.type
-    return ChunkPlanner(
-        budget_bytes=default_budget(device),
-        max_tokens_per_chunk=CPU_TOKENS_PER_CHUNK[dtype] if device == "cpu" else None,
-    )
+    return ChunkPlanner.for_device(adapter.device.type, dtype)
 
 
 def _runner(method: str, adapter: Any, job: dict[str, Any]) -> Callable[[str], dict[str, Any]]:

@@ -195,18 +195,13 @@ class Computer:
 
     def __init__(self, adapter: Any, config: WorkerConfig) -> None:
         from .engine import ChunkPlanner
-        from .engine.memory import CPU_TOKENS_PER_CHUNK, default_budget
         from .faults import Faults
 
         self.adapter = adapter
         self.config = config
         self.defaults = config.attribution_defaults()
         self.limits = config.attribution_limits()
-        device_type = adapter.device.type
-        self.planner = ChunkPlanner(
-            budget_bytes=config.memory_budget or default_budget(device_type),
-            max_tokens_per_chunk=CPU_TOKENS_PER_CHUNK[config.dtype] if device_type == "cpu" else None,
-        )
+        self.planner = ChunkPlanner.for_device(adapter.device.type, config.dtype, config.memory_budget)
         self.faults = Faults.from_env()
 
     def handle(self, job: Job) -> list[Any]:

@@ -66,10 +66,10 @@ def attribute(
 ) -> AttributionResult:
     """Compute every output for ``text`` in one pass over the path."""
     started = time.perf_counter()
-    planner = planner or ChunkPlanner()
     hooks = _chunk_hooks(deadline, before_chunk)
     encoded = adapter.encode(text, options.max_length)
     layer_input = adapter.layer_output(encoded.input_ids, encoded).float()
+    planner = planner or ChunkPlanner.for_device(layer_input.device.type, dtype)
     baseline = make_baseline(adapter, encoded, options.baseline, options.seed, layer_input)
 
     precision = precision_context(dtype, layer_input.device)

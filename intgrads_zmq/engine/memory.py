@@ -15,9 +15,13 @@ from dataclasses import dataclass
 
 GIB = 1 << 30
 DEFAULT_CPU_BUDGET = 2 * GIB
-# Above this many tokens per chunk a CPU gains nothing from bigger chunks and
-# pays for cache misses and page faults (measured on bert-base, 2 cores).
-CPU_TOKENS_PER_CHUNK = {"float32": 1536, "bf16": 4096}
+# On a CPU, bigger chunks stop paying once one layer's activations for the
+# chunk pass this many elements: the work spills out of the caches. Measured
+# on bert-base (2 cores, AVX-512/AMX): the best float32 chunks were 10 steps
+# at 128 tokens and 2 at 512; bf16 ran best at 25 and 4 (about twice the
+# float32 size). Expressed in activation elements the optimum is the same at
+# both lengths, because attention's tokens-squared term is counted.
+CPU_LAYER_ELEMENTS = {"float32": 40_000_000, "bf16": 80_000_000}
 
 
 def parse_bytes(text: str) -> int:
@@ -30,13 +34,17 @@ def parse_bytes(text: str) -> int:
     return int(number * scale)
 
 
+def layer_elements_per_step(hints: dict[str, int], tokens: int) -> int:
+    """Activation elements one layer keeps for one path point (generous)."""
+    per_token = 14 * hints["hidden"] + 3 * hints["intermediate"] + 3 * hints["heads"] * tokens
+    return per_token * tokens
+
+
 def bytes_per_step(hints: dict[str, int], tokens: int, dtype: str) -> int:
     """Generous estimate of the memory one path point needs in flight."""
-    hidden, layers = hints["hidden"], hints["layers"]
-    heads, inner = hints["heads"], hints["intermediate"]
-    per_token_layer = 14 * hidden + 3 * inner + 3 * heads * tokens
     element = 4 if dtype == "float32" else 3  # autocast keeps some fp32 copies
-    return per_token_layer * tokens * layers * element + 8 * tokens * hidden
+    layers = layer_elements_per_step(hints, tokens) * hints["layers"] * element
+    return layers + 8 * tokens * hints["hidden"]
 
 
 @dataclass
@@ -44,14 +52,22 @@ class ChunkPlanner:
     """Chooses how many steps run together, within ``budget_bytes``."""
 
     budget_bytes: int = DEFAULT_CPU_BUDGET
-    max_tokens_per_chunk: int | None = None
+    max_layer_elements: int | None = None  # a speed cap (CPU), not a memory one
     shrink: float = 1.0  # lowered after an out-of-memory retry
+
+    @classmethod
+    def for_device(cls, device_type: str, dtype: str, budget_bytes: int | None = None) -> ChunkPlanner:
+        """The planner a worker uses: its memory budget, plus the CPU speed cap."""
+        return cls(
+            budget_bytes=budget_bytes or default_budget(device_type),
+            max_layer_elements=CPU_LAYER_ELEMENTS[dtype] if device_type == "cpu" else None,
+        )
 
     def chunk_steps(self, hints: dict[str, int], tokens: int, n_steps: int, dtype: str) -> int:
         per_step = bytes_per_step(hints, tokens, dtype)
         steps = int(self.budget_bytes * self.shrink) // max(per_step, 1)
-        if self.max_tokens_per_chunk:
-            steps = min(steps, max(1, self.max_tokens_per_chunk // max(tokens, 1)))
+        if self.max_layer_elements:
+            steps = min(steps, self.max_layer_elements // max(layer_elements_per_step(hints, tokens), 1))
         steps = max(1, min(steps, n_steps))
         # Equal chunks: 50 steps in chunks of at most 12 run as 5 x 10, not
         # 4 x 12 + 2 (a small last chunk wastes the GEMMs' efficiency).
