@@ -40,6 +40,8 @@ bench: install
 	$(PY) bench/engine_vs_captum.py
 	$(PY) bench/broker_overhead.py
 	$(PY) bench/end_to_end.py
+	$(PY) -m bench.time_trial --examples 2 --vs-captum
+	$(PY) bench/reliability.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
