@@ -80,6 +80,16 @@ class StaticPage:
         resp.data = (STATIC / "index.html").read_bytes()
 
 
+class RevalidatePage:
+    """Middleware: the page and its scripts are revalidated on every load, so
+    a browser never runs an old app.js against a newer API after an upgrade."""
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any,
+                         req_succeeded: bool) -> None:
+        if req.path == "/" or req.path.startswith("/static/"):
+            resp.set_header("Cache-Control", "no-cache")
+
+
 class OpenAPIResource:
     def __init__(self, document: dict[str, Any]) -> None:
         self.document = document
@@ -93,7 +103,7 @@ def create_app(settings: FrontendSettings | None = None) -> falcon.App:
     settings = settings or FrontendSettings.from_env()
     pool = BrokerPool(settings.broker, settings.connect_wait)
     metrics = Metrics(lambda: pool.client().status(timeout=settings.status_timeout))
-    app = falcon.App(middleware=[metrics])
+    app = falcon.App(middleware=[metrics, RevalidatePage()])
     app.req_options.strip_url_path_trailing_slash = False
     attribution = AttributionResource(pool, settings)
     for route in ("/model", "/model/"):

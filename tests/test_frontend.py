@@ -209,6 +209,9 @@ def test_models_health_ready_metrics_openapi(stack):
     status, _, raw = stack.get("/openapi.json")
     document = json.loads(raw)
     assert status == 200 and "/model/" in document["paths"]
+    for page in ("/", "/static/app.js"):
+        status, headers, _ = stack.get(page)
+        assert status == 200 and headers["cache-control"] == "no-cache"
 
 
 def test_broker_down_gives_503_quickly_and_service_resumes(tiny_bert_dir, tmp_path):
