@@ -63,11 +63,12 @@ class ClassifierAdapter(ABC):
     def encode(self, text: str, max_length: int) -> EncodedText:
         """Tokenise ``text``, truncating to ``max_length`` tokens as the seed did."""
         limit = max_length if self.max_positions is None else min(max_length, self.max_positions)
-        full = self.tokenizer(text, truncation=False, verbose=False)["input_ids"]
-        truncated = len(full) > limit
-        batch = self.tokenizer(
-            text, truncation=truncated, max_length=limit, return_tensors="pt", verbose=False
-        )
+        batch = self.tokenizer(text, truncation=False, return_tensors="pt", verbose=False)
+        truncated = batch["input_ids"].shape[1] > limit
+        if truncated:  # tokenise again so the special tokens survive the cut
+            batch = self.tokenizer(
+                text, truncation=True, max_length=limit, return_tensors="pt", verbose=False
+            )
         input_ids = batch["input_ids"].to(self.device)
         if input_ids.shape[1] == 0:
             raise BadRequest("the text produced no tokens", field="sequence")

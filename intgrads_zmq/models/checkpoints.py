@@ -347,13 +347,7 @@ def load_original_bert(
     """
     state = _rename_old_bert_keys(read_state_dict(path))
     config = _bert_config(state, path, num_attention_heads)
-    model = OriginalBertClassifier(config)
-    _load_strict(model, state, path)
-    _freeze(model)
-    tokenizer = None
-    if tokenizer_dir is not None:
-        tokenizer = load_tokenizer(tokenizer_dir, family="bert", vocab_size=config.vocab_size)
-    return model, tokenizer
+    return _finish(OriginalBertClassifier(config), state, path, tokenizer_dir, "bert")
 
 
 # --------------------------------------------------------------------------
@@ -421,13 +415,7 @@ def load_original_xlnet(
     """
     state = read_state_dict(path)
     config = _xlnet_config(state, path, size)
-    model = XLNetForSequenceClassification(config)
-    _load_strict(model, state, path)
-    _freeze(model)
-    tokenizer = None
-    if tokenizer_dir is not None:
-        tokenizer = load_tokenizer(tokenizer_dir, family="xlnet", vocab_size=config.vocab_size)
-    return model, tokenizer
+    return _finish(XLNetForSequenceClassification(config), state, path, tokenizer_dir, "xlnet")
 
 
 # --------------------------------------------------------------------------
@@ -579,3 +567,14 @@ def load_tokenizer(
         raise ModelLoadError(f"tokenizer in {folder} could not be loaded: {_short(exc)}") from None
     _check_tokenizer(tokenizer, folder, vocab_size)
     return tokenizer
+
+
+def _finish(model: Any, state: dict[str, torch.Tensor], path: str | os.PathLike[str],
+            tokenizer_dir: str | os.PathLike[str] | None, family: str) -> tuple[Any, Any]:
+    """Load the weights strictly, freeze, and pair the model with its tokenizer."""
+    _load_strict(model, state, path)
+    _freeze(model)
+    tokenizer = None
+    if tokenizer_dir is not None:
+        tokenizer = load_tokenizer(tokenizer_dir, family=family, vocab_size=model.config.vocab_size)
+    return model, tokenizer
