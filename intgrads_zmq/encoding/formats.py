@@ -30,7 +30,6 @@ __all__ = [
     "EncodedBody",
     "Format",
     "encode",
-    "gzip_chunks",
     "negotiate",
 ]
 
