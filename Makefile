@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine with Python 3.11:
 #   make serve   install into .venv, then run broker + workers + gunicorn on 127.0.0.1:8888
 #   make test    install into .venv, then run the whole test suite
+#   make test-fast   only the in-process tests (tests/unit: no server processes), for the edit-test loop
 # Installing twice is a no-op (a stamp file remembers what setup.py asked for).
 
 PYTHON ?= python3
@@ -12,7 +13,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8888
 PYTEST_ARGS ?=
 
-.PHONY: install serve test lint bench clean
+.PHONY: install serve test test-fast lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +33,9 @@ serve: install
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check intgrads_zmq frontend tests bench

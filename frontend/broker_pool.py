@@ -12,7 +12,7 @@ import threading
 
 import zmq
 
-from intgrads_zmq.broker_client import BrokerClient
+from intgrads_zmq.service.broker_client import BrokerClient
 
 
 class BrokerPool:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from intgrads_zmq.endpoints import BROKER_ENV, DEFAULT_CLIENT_ENDPOINT
 from intgrads_zmq.options import Limits
+from intgrads_zmq.service.endpoints import BROKER_ENV, DEFAULT_CLIENT_ENDPOINT
 
 
 def _env_float(name: str, default: float) -> float:

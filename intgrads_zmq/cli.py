@@ -18,12 +18,34 @@ from typing import Any
 
 import click
 
-from .broker import DEFAULT_BACKEND, DEFAULT_FRONTEND
-from .devices import PlanError
 from .models.spec import DEMO_NAME, ModelSpec
 from .options import BASELINES, METHODS
+from .service.broker import DEFAULT_BACKEND, DEFAULT_FRONTEND
+from .service.devices import PlanError
+from .service.settings import ServeSettings
+from .sizes import parse_bytes
 
 log = logging.getLogger("intgrads")
+
+
+class StepsParam(click.ParamType):
+    """A positive step count, or 'auto' for adaptive integration."""
+
+    name = "INTEGER|auto"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            steps = value
+        elif str(value).strip().lower() == "auto":
+            return "auto"
+        else:
+            try:
+                steps = int(str(value))
+            except ValueError:
+                self.fail(f"{value!r} is neither a step count nor 'auto'", param, ctx)
+        if steps < 1:
+            self.fail(f"{steps} is not a positive step count", param, ctx)
+        return steps
 
 
 def _apply(func: Callable[..., Any], decorators: list[Callable[..., Any]]) -> Callable[..., Any]:
@@ -65,8 +87,8 @@ def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Default baseline; a request may choose another."),
         click.option("--method", type=click.Choice(METHODS), default="gausslegendre", show_default=True,
                      help="Default integration rule."),
-        click.option("--n-steps", type=click.IntRange(min=1), default=50, show_default=True,
-                     help="Default number of path steps."),
+        click.option("--n-steps", type=StepsParam(), default="50", show_default=True,
+                     help="Default number of path steps, or 'auto' (adaptive, to a tolerance)."),
         click.option("--max-steps", type=click.IntRange(min=1), default=300, show_default=True,
                      help="Largest n_steps a request may ask for."),
         click.option("--max-length", type=click.IntRange(min=2), default=512, show_default=True,
@@ -92,34 +114,15 @@ def model_spec(model_dir: str | None, bert_path: str | None, xlnet_base_path: st
     return ModelSpec(kind=kind, path=str(path), tokenizer=tokenizer, name=name or Path(path).stem)
 
 
-def worker_configs(connect: str, spec: ModelSpec, settings: dict[str, Any], curve: Any = None) -> list[Any]:
-    """Plan placements and build one WorkerConfig per local worker."""
-    from .devices import available_cores, plan_cpu_workers, plan_gpu_groups, visible_gpus
-    from .engine.memory import parse_bytes
-    from .worker import WorkerConfig
-
-    cuda, workers = settings["cuda"], settings["workers"]
-    if cuda is None:
-        cuda = bool(visible_gpus())
-    if cuda:
-        placements = plan_gpu_groups(visible_gpus(), settings["num_cuda_devs"])
-        placements = placements[:workers] if workers is not None else placements
-    else:
-        placements = plan_cpu_workers(1 if workers is None else workers, available_cores()) if workers != 0 else []
-    budget = parse_bytes(settings["memory_budget"]) if settings["memory_budget"] else None
-    defaults = {"baseline": settings["baseline"], "method": settings["method"], "n_steps": settings["n_steps"],
-                "max_length": settings["max_length"]}
-    limits = {"max_steps": settings["max_steps"], "max_length": settings["max_length"]}
-    return [
-        WorkerConfig(connect=connect, model=spec, placement=placement, dtype=settings["dtype"],
-                     defaults=defaults, limits=limits, memory_budget=budget, curve=curve)
-        for placement in placements
-    ]
-
-
-def _check_defaults(settings: dict[str, Any]) -> None:
-    if settings["n_steps"] > settings["max_steps"]:
-        raise click.UsageError("--n-steps exceeds --max-steps")
+def serve_settings(settings: dict[str, Any]) -> ServeSettings:
+    """The typed settings the serving flags describe (model flags already removed)."""
+    budget = settings.pop("memory_budget")
+    try:
+        parsed = ServeSettings(memory_budget=parse_bytes(budget) if budget else None, **settings)
+        parsed.check()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    return parsed
 
 
 MODEL_KEYS = ("model_dir", "bert_path", "xlnet_base_path", "xlnet_large_path", "tokenizer", "name")
@@ -151,12 +154,12 @@ def main(log_level: str) -> None:
 def start(frontend: str, backend: str, queue_bound: int, timeout: float, heartbeat: float,
           keys: str | None, **settings: Any) -> None:
     """Run the broker and supervise local model workers."""
-    from .serve import run_broker
+    from .service.assembly import run_broker
 
-    _check_defaults(settings)
     spec = model_spec(*(settings.pop(k) for k in MODEL_KEYS))
+    serving = serve_settings(settings)
     try:
-        code = run_broker(spec, settings, frontend=frontend, backend=backend, queue_bound=queue_bound,
+        code = run_broker(spec, serving, frontend=frontend, backend=backend, queue_bound=queue_bound,
                           timeout=timeout, heartbeat=heartbeat, keys=keys)
     except (PlanError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -175,16 +178,16 @@ def start(frontend: str, backend: str, queue_bound: int, timeout: float, heartbe
 def worker(connect: str, server_key: str | None, client_key: str | None, heartbeat: float,
            **settings: Any) -> None:
     """Join a broker (on this or another host) with supervised workers."""
-    from .security import CurveClient
-    from .serve import run_workers
+    from .service.assembly import plan_workers, run_workers
+    from .service.security import CurveClient
 
     if bool(server_key) != bool(client_key):
         raise click.UsageError("--server-key and --client-key go together")
-    _check_defaults(settings)
     spec = model_spec(*(settings.pop(k) for k in MODEL_KEYS))
+    serving = serve_settings(settings)
     curve = CurveClient(Path(client_key), Path(server_key)) if server_key and client_key else None
     try:
-        configs = worker_configs(connect, spec, settings, curve)
+        configs = plan_workers(connect, spec, serving, curve)
     except PlanError as exc:
         raise click.ClickException(str(exc)) from exc
     for config in configs:
@@ -198,8 +201,8 @@ def worker(connect: str, server_key: str | None, client_key: str | None, heartbe
 @click.option("--timeout", type=float, default=3.0, show_default=True)
 def status(frontend: str, as_json: bool, timeout: float) -> None:
     """Show the models, workers and queues of a running broker."""
-    from .broker_client import BrokerClient
     from .errors import IntgradsError
+    from .service.broker_client import BrokerClient
 
     try:
         with BrokerClient(frontend) as client:
@@ -225,7 +228,7 @@ def status(frontend: str, as_json: bool, timeout: float) -> None:
               help="Worker key pairs to make (each remote host gets one secret key).")
 def keys(folder: str, workers: int) -> None:
     """Make CURVE key pairs for the broker and for remote workers."""
-    from .security import make_keys
+    from .service.security import make_keys
 
     for path in make_keys(folder, workers):
         click.echo(str(path))
@@ -244,13 +247,13 @@ def intgrads(host: str, port: int, http_workers: int, **settings: Any) -> None:
 
     Starts the broker, the model workers and gunicorn together; Ctrl-C stops all.
     """
-    from .serve import run_all_in_one
+    from .service.assembly import run_all_in_one
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    _check_defaults(settings)
     spec = model_spec(*(settings.pop(k) for k in MODEL_KEYS))
+    serving = serve_settings(settings)
     try:
-        code = run_all_in_one(spec, settings, host=host, port=port, http_workers=http_workers)
+        code = run_all_in_one(spec, serving, host=host, port=port, http_workers=http_workers)
     except (PlanError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(code)

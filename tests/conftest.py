@@ -13,14 +13,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory):
-    from tests.support.tiny_models import make_tiny_bert
+    from intgrads_zmq.testing.tiny_models import make_tiny_bert
 
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="session")
 def tiny_xlnet_dir(tmp_path_factory):
-    from tests.support.tiny_models import make_tiny_xlnet
+    from intgrads_zmq.testing.tiny_models import make_tiny_xlnet
 
     return make_tiny_xlnet(tmp_path_factory.mktemp("tiny-xlnet"))
 

@@ -10,8 +10,9 @@ retries, and remembers the lesson for later requests.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
+
+from ..sizes import parse_bytes
 
 GIB = 1 << 30
 DEFAULT_CPU_BUDGET = 2 * GIB
@@ -22,16 +23,6 @@ DEFAULT_CPU_BUDGET = 2 * GIB
 # float32 size). Expressed in activation elements the optimum is the same at
 # both lengths, because attention's tokens-squared term is counted.
 CPU_LAYER_ELEMENTS = {"float32": 40_000_000, "bf16": 80_000_000}
-
-
-def parse_bytes(text: str) -> int:
-    """Parse '2GiB', '512MiB', '1.5G' or a plain byte count."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(i?[bB]?)\s*", text)
-    if not match:
-        raise ValueError(f"not a size: {text!r} (try 2GiB or 512MiB)")
-    number, unit = float(match.group(1)), match.group(2).upper()
-    scale = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit]
-    return int(number * scale)
 
 
 def layer_elements_per_step(hints: dict[str, int], tokens: int) -> int:

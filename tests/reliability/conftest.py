@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.reliability import load_specs, references
-from tests.support.stack import (
+from intgrads_zmq.testing.reliability import load_specs, references
+from intgrads_zmq.testing.stack import (
     Broker,
     Frontend,
     RemoteWorker,

@@ -30,9 +30,9 @@ import pytest
 import zmq
 import zmq.auth
 
-from intgrads_zmq import protocol as p
-from intgrads_zmq.security import make_keys
-from tests.support.stack import (
+from intgrads_zmq.service import protocol as p
+from intgrads_zmq.service.security import make_keys
+from intgrads_zmq.testing.stack import (
     Broker,
     Frontend,
     RemoteWorker,

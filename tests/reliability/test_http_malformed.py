@@ -4,7 +4,7 @@ Each bad request gets a 4xx; where the application answers, the body is a JSON
 error with a title and a description. Gunicorn's own HTTP parser answers the
 requests it cannot parse (bad request lines, headers, framing) before Falcon
 runs: those 4xx carry gunicorn's short text body and are accepted as such
-(``answered_by="gunicorn"`` in tests/support/reliability.py). After all of it
+(``answered_by="gunicorn"`` in intgrads_zmq/testing/reliability.py). After all of it
 the same gunicorn process still serves good requests and logged no traceback.
 """
 
@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from tests.support.reliability import bad_requests, check_bad_answer, run_schemathesis
-from tests.support.stack import descendants, raw_http, read_response
+from intgrads_zmq.testing.reliability import bad_requests, check_bad_answer, run_schemathesis
+from intgrads_zmq.testing.stack import descendants, raw_http, read_response
 
 GOOD = b'{"sequence": "a great film", "n_steps": 2}'
 FUZZ_EXAMPLES = 100  # per operation; GETs without parameters stop at 1

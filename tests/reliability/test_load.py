@@ -9,7 +9,7 @@ status other than 200 and the deliberate 503 may appear.
 
 from __future__ import annotations
 
-from tests.support.reliability import run_load
+from intgrads_zmq.testing.reliability import run_load
 
 CLIENTS = 16
 PER_CLIENT = 26

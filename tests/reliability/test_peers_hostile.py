@@ -19,11 +19,11 @@ import uuid
 import pytest
 import zmq
 
-from intgrads_zmq import protocol as p
-from intgrads_zmq.broker_client import BrokerClient
 from intgrads_zmq.errors import BadRequest, IntgradsError, QueueFull
-from tests.support.reliability import pickle_bomb
-from tests.support.stack import wait_until
+from intgrads_zmq.service import protocol as p
+from intgrads_zmq.service.broker_client import BrokerClient
+from intgrads_zmq.testing.reliability import pickle_bomb
+from intgrads_zmq.testing.stack import wait_until
 
 TEXT = "a great film with wonderful acting ."
 REQ = p.Command.REQUEST.value

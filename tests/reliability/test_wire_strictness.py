@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from intgrads_zmq import protocol as p
 from intgrads_zmq.errors import QueueFull
+from intgrads_zmq.service import protocol as p
 
 
 @pytest.mark.parametrize(
@@ -73,7 +73,7 @@ def test_a_result_the_wire_refuses_becomes_an_error_not_a_dead_worker(tiny_bert,
     worker used to raise out of its loop and exit, so such an input killed two
     workers like a poison request. Now it is answered compute_failed."""
     import intgrads_zmq.engine as engine
-    from intgrads_zmq.worker import Computer, Job, WorkerConfig
+    from intgrads_zmq.service.worker import Computer, Job, WorkerConfig
 
     real = engine.attribute
 

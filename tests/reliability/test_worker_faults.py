@@ -17,11 +17,11 @@ import pytest
 import torch
 from safetensors.torch import load as load_safetensors
 
-from intgrads_zmq.broker_client import BrokerClient
 from intgrads_zmq.errors import DeadlineExceeded, IntgradsError
+from intgrads_zmq.service.broker_client import BrokerClient
+from intgrads_zmq.testing.reliability import canonical
+from intgrads_zmq.testing.stack import start_frontend, wait_until
 from tests.reliability.conftest import FRONTEND_ENV
-from tests.support.reliability import canonical
-from tests.support.stack import start_frontend, wait_until
 
 TEXT = "a great film with wonderful acting ."
 SLOW = {"sequence": "SLOW " + TEXT, "n_steps": 8}

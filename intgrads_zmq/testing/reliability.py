@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.stack import REPO, http
+from intgrads_zmq.testing.stack import REPO, http
 
 # -- requests ----------------------------------------------------------------
 TEXTS = (

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.stack import REPO, http, start_broker, start_frontend
+from intgrads_zmq.testing.stack import REPO, http, start_broker, start_frontend
 
 pytestmark = pytest.mark.browser
 

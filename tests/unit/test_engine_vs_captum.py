@@ -11,7 +11,7 @@ import torch
 from intgrads_zmq.engine import attribute
 from intgrads_zmq.engine.baselines import make_baseline
 from intgrads_zmq.options import BASELINES, METHODS, AttributionOptions
-from tests.support.captum_oracle import captum_reference
+from intgrads_zmq.testing.reference import captum_reference
 
 TEXT = "a great film , not boring !"
 N_STEPS = 12

@@ -18,11 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..models.spec import ModelSpec
 from .broker import CLOSE_LINGER_MS, Broker, BrokerSettings
 from .endpoints import BROKER_ENV
-from .models.spec import ModelSpec
-from .security import CurveServer, ensure_local_worker_key
+from .security import CurveClient, CurveServer, ensure_local_worker_key
+from .settings import ServeSettings
 from .supervisor import Supervisor
+from .worker import WorkerConfig
 
 log = logging.getLogger("intgrads")
 
@@ -43,16 +45,45 @@ def _on_signals(callback: Any) -> None:
         signal.signal(sig, lambda *_: callback())
 
 
-def build_broker(spec: ModelSpec, settings: dict[str, Any], *, frontend: str, backend: str,
+def plan_workers(connect: str, spec: ModelSpec, settings: ServeSettings,
+                 curve: CurveClient | None = None) -> list[WorkerConfig]:
+    """Plan device placements and build one WorkerConfig per local worker."""
+    from .devices import (
+        available_cores,
+        check_dtype,
+        plan_cpu_workers,
+        plan_gpu_groups,
+        visible_gpus,
+    )
+
+    cuda = bool(visible_gpus()) if settings.cuda is None else settings.cuda
+    if cuda:
+        placements = plan_gpu_groups(visible_gpus(), settings.num_cuda_devs)
+        if settings.workers is not None:
+            placements = placements[:settings.workers]
+    elif settings.workers == 0:
+        placements = []
+    else:
+        placements = plan_cpu_workers(1 if settings.workers is None else settings.workers,
+                                      available_cores())
+    for placement in placements:
+        check_dtype(settings.dtype, placement.device)
+    return [
+        WorkerConfig(connect=connect, model=spec, placement=placement, dtype=settings.dtype,
+                     defaults=settings.request_defaults(), limits=settings.request_limits(),
+                     memory_budget=settings.memory_budget, curve=curve)
+        for placement in placements
+    ]
+
+
+def build_broker(spec: ModelSpec, settings: ServeSettings, *, frontend: str, backend: str,
                  queue_bound: int = 32, timeout: float = 600.0, heartbeat: float = 1.0,
                  keys: str | None = None) -> tuple[Broker, Supervisor]:
-    from .cli import worker_configs
-
     curve = CurveServer.from_dir(keys) if keys else None
     worker_curve = ensure_local_worker_key(keys) if keys else None
     # A broker-only start (--workers 0) plans nothing: planning imports torch,
     # seconds before the sockets are bound that such a broker need not wait.
-    configs = [] if settings.get("workers") == 0 else worker_configs(
+    configs = [] if settings.workers == 0 else plan_workers(
         local_connect_endpoint(backend), spec, settings, worker_curve)
     for config in configs:
         config.heartbeat_interval = heartbeat
@@ -65,7 +96,7 @@ def build_broker(spec: ModelSpec, settings: dict[str, Any], *, frontend: str, ba
     return broker, Supervisor(configs)
 
 
-def run_broker(spec: ModelSpec, settings: dict[str, Any], **kwargs: Any) -> int:
+def run_broker(spec: ModelSpec, settings: ServeSettings, **kwargs: Any) -> int:
     """``intgrads-broker start``: serve until SIGTERM / Ctrl-C, then exit 0."""
     broker, supervisor = build_broker(spec, settings, **kwargs)
     _on_signals(broker.request_stop)
@@ -91,7 +122,7 @@ def _flush(broker: Broker) -> None:
     broker.context.destroy(linger=CLOSE_LINGER_MS)
 
 
-def run_workers(configs: list[Any]) -> int:
+def run_workers(configs: list[WorkerConfig]) -> int:
     """``intgrads-broker worker``: supervise workers until SIGTERM / Ctrl-C."""
     stop = {"now": False}
     _on_signals(lambda: stop.update(now=True))
@@ -126,7 +157,7 @@ def start_gunicorn(broker_endpoint: str, host: str, port: int, workers: int = 1)
     return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
 
 
-def run_all_in_one(spec: ModelSpec, settings: dict[str, Any], *, host: str, port: int,
+def run_all_in_one(spec: ModelSpec, settings: ServeSettings, *, host: str, port: int,
                    http_workers: int = 1) -> int:
     """``intgrads`` / ``make serve``: broker, workers and gunicorn in one go."""
     sockets = Path(tempfile.mkdtemp(prefix="intgrads-"))

@@ -14,8 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from intgrads_zmq.broker_client import BrokerClient
-from tests.support.stack import REPO, alive, base_env, descendants, free_port, http, start_broker
+from intgrads_zmq.service.broker_client import BrokerClient
+from intgrads_zmq.testing.stack import (
+    REPO,
+    alive,
+    base_env,
+    descendants,
+    free_port,
+    http,
+    start_broker,
+)
 
 BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
 

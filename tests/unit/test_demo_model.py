@@ -18,7 +18,7 @@ from intgrads_zmq.models.demo import (
     load_demo_model,
 )
 
-DATA_DIR = Path(__file__).parent / "data"
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 
 
 @pytest.fixture(scope="module")

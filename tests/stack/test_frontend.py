@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from tests.support.stack import PYTHON, REPO, base_env, start_broker, start_frontend
+from intgrads_zmq.testing.stack import PYTHON, REPO, base_env, start_broker, start_frontend
 
 SEED_KEYS = ("integrated_gradients", "intermediate_gradients", "step_sizes", "intermediates")
 EXTRA_KEYS = ("tokens", "probabilities", "target", "f_input", "f_baseline", "completeness_error", "truncated")

@@ -28,11 +28,11 @@ from typing import Any
 
 import zmq
 
+from ..errors import ComputeFailed, IntgradsError
+from ..models.spec import ModelSpec
+from ..options import BASELINES, METHODS, TENSOR_FIELDS, AttributionOptions, Limits
 from . import protocol as p
 from .devices import Placement
-from .errors import ComputeFailed, IntgradsError
-from .models.spec import ModelSpec
-from .options import BASELINES, METHODS, TENSOR_FIELDS, AttributionOptions, Limits
 from .security import CurveClient
 
 log = logging.getLogger("intgrads.worker")
@@ -194,7 +194,7 @@ class Computer:
     """Turns jobs into reply frames with the engine (main thread only)."""
 
     def __init__(self, adapter: Any, config: WorkerConfig) -> None:
-        from .engine import ChunkPlanner
+        from ..engine import ChunkPlanner
         from .faults import Faults
 
         self.adapter = adapter
@@ -205,8 +205,8 @@ class Computer:
         self.faults = Faults.from_env()
 
     def handle(self, job: Job) -> list[Any]:
-        from .engine import attribute
-        from .options import resolve_options
+        from ..engine import attribute
+        from ..options import resolve_options
 
         try:
             options = resolve_options(job.body.options, self.defaults, self.limits)
@@ -231,7 +231,7 @@ class Computer:
 
 def raw_tensors(tensors: dict[str, Any]) -> dict[str, Any]:
     """Torch CPU tensors as zero-copy RawTensors for the wire."""
-    from .payload import RawTensor
+    from ..payload import RawTensor
 
     out = {}
     for name, tensor in tensors.items():
@@ -270,7 +270,7 @@ def _die_with_parent() -> None:
 def load_adapter(config: WorkerConfig) -> tuple[Any, float]:
     import torch
 
-    from .models.loader import load_model
+    from ..models.loader import load_model
     from .tuning import tune_malloc
 
     tune_malloc()

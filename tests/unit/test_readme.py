@@ -15,30 +15,30 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 COVERAGE: list[tuple[str, list[str]]] = [
-    (r"^make serve$", ["tests.test_cli::test_make_serve_serves_the_demo_model"]),
-    (r"^make test$", ["tests.test_readme::test_every_readme_command_is_covered"]),  # CI runs it
-    (r'^make test PYTEST_ARGS="-k broker"$', ["tests.test_readme::test_every_readme_command_is_covered"]),
-    (r"^intgrads --model \S+ --cpu$", ["tests.test_cli::test_intgrads_all_in_one_with_a_hugging_face_directory"]),
-    (r"^intgrads -bp \S+ --tokenizer \S+ --cpu$", ["tests.test_cli::test_original_checkpoint_flags"]),
+    (r"^make serve$", ["tests.stack.test_cli::test_make_serve_serves_the_demo_model"]),
+    (r"^make test$", ["tests.unit.test_readme::test_every_readme_command_is_covered"]),  # CI runs it
+    (r'^make test PYTEST_ARGS="-k broker"$', ["tests.unit.test_readme::test_every_readme_command_is_covered"]),
+    (r"^intgrads --model \S+ --cpu$", ["tests.stack.test_cli::test_intgrads_all_in_one_with_a_hugging_face_directory"]),
+    (r"^intgrads -bp \S+ --tokenizer \S+ --cpu$", ["tests.stack.test_cli::test_original_checkpoint_flags"]),
     (r"^intgrads -xlb \S+ --tokenizer \S+ --cuda --num-cuda-devs 2$",
-     ["tests.test_devices::test_gpu_groups_are_consecutive", "tests.test_cli::test_cuda_without_a_gpu_is_a_clear_error"]),
-    (r"^intgrads -xll \S+ --tokenizer \S+ --cpu --baseline pad$", ["tests.test_cli::test_original_checkpoint_flags"]),
-    (r"^intgrads-broker start --model \S+ --cpu --workers 2$", ["tests.test_broker::test_requests_spread_over_both_workers"]),
-    (r"^gunicorn frontend:app$", ["tests.test_cli::test_gunicorn_from_the_repo_root_picks_up_its_config"]),
+     ["tests.unit.test_devices::test_gpu_groups_are_consecutive", "tests.stack.test_cli::test_cuda_without_a_gpu_is_a_clear_error"]),
+    (r"^intgrads -xll \S+ --tokenizer \S+ --cpu --baseline pad$", ["tests.stack.test_cli::test_original_checkpoint_flags"]),
+    (r"^intgrads-broker start --model \S+ --cpu --workers 2$", ["tests.stack.test_broker::test_requests_spread_over_both_workers"]),
+    (r"^gunicorn frontend:app$", ["tests.stack.test_cli::test_gunicorn_from_the_repo_root_picks_up_its_config"]),
     (r"^intgrads-broker worker --connect tcp://127\.0\.0\.1:5556 --model \S+ --name xlnet --cpu$",
-     ["tests.test_frontend::test_several_sequences_and_a_named_model"]),
+     ["tests.stack.test_frontend::test_several_sequences_and_a_named_model"]),
     (r"^intgrads-broker start -xlb \S+ --tokenizer \S+ --cuda --num-cuda-devs 2$",
-     ["tests.test_devices::test_gpu_groups_are_consecutive", "tests.test_cli::test_cuda_without_a_gpu_is_a_clear_error"]),
+     ["tests.unit.test_devices::test_gpu_groups_are_consecutive", "tests.stack.test_cli::test_cuda_without_a_gpu_is_a_clear_error"]),
     (r"^intgrads-broker keys --dir keys --workers 2$",
-     ["tests.test_broker::test_curve_authenticated_remote_worker_serves_and_a_wrong_key_never_does"]),
+     ["tests.stack.test_broker::test_curve_authenticated_remote_worker_serves_and_a_wrong_key_never_does"]),
     (r"^intgrads-broker start --workers 0 --backend tcp://0\.0\.0\.0:5556 --keys keys$",
-     ["tests.test_broker::test_curve_authenticated_remote_worker_serves_and_a_wrong_key_never_does"]),
+     ["tests.stack.test_broker::test_curve_authenticated_remote_worker_serves_and_a_wrong_key_never_does"]),
     (r"^intgrads-broker worker --connect tcp://\S+:5556 --server-key broker\.key --client-key worker0\.key_secret .*--cuda$",
-     ["tests.test_broker::test_curve_authenticated_remote_worker_serves_and_a_wrong_key_never_does",
-      "tests.test_cli::test_cuda_without_a_gpu_is_a_clear_error"]),
+     ["tests.stack.test_broker::test_curve_authenticated_remote_worker_serves_and_a_wrong_key_never_does",
+      "tests.stack.test_cli::test_cuda_without_a_gpu_is_a_clear_error"]),
 ]
 
 

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from .errors import IntgradsError
-from .payload import AttributionPayload, RawTensor
+from ..errors import IntgradsError
+from ..payload import AttributionPayload, RawTensor
 
 CLIENT = b"IGC1"
 WORKER = b"IGW1"

@@ -32,7 +32,7 @@ from intgrads_zmq.encoding import formats as formats_module
 from intgrads_zmq.errors import BadRequest
 from intgrads_zmq.payload import AttributionPayload, RawTensor
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DTYPES = [
     torch.float32,
     torch.float64,

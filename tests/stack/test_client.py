@@ -14,7 +14,7 @@ import torch
 
 from intgrads_zmq.client import ApiError, Client, RequestTimeout, ServerUnreachable
 from intgrads_zmq.errors import BadRequest, UnknownModel
-from tests.support.stack import free_port, start_broker, start_frontend
+from intgrads_zmq.testing.stack import free_port, start_broker, start_frontend
 
 SEED_KEYS = ("integrated_gradients", "intermediate_gradients", "step_sizes", "intermediates")
 FAULTS = json.dumps({"sleep_on": "SLOW", "sleep_seconds": 3})

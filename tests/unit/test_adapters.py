@@ -11,7 +11,7 @@ from intgrads_zmq.models.adapters import (
     first_token_layer,
 )
 from intgrads_zmq.models.factory import build_adapter
-from tests.support.tiny_models import LABELS
+from intgrads_zmq.testing.tiny_models import LABELS
 
 
 def test_adapter_kinds(tiny_bert, tiny_xlnet, demo):
@@ -59,7 +59,7 @@ def test_a_wrong_fast_path_falls_back_to_the_hook(tiny_bert_dir):
 def test_roberta_keeps_the_inputs_positions_for_a_pad_baseline(tmp_path):
     from transformers import AutoTokenizer, RobertaConfig, RobertaForSequenceClassification
 
-    from tests.support.tiny_models import make_tiny_bert
+    from intgrads_zmq.testing.tiny_models import make_tiny_bert
 
     folder = make_tiny_bert(tmp_path / "vocab")
 

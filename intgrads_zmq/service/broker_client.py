@@ -23,10 +23,10 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from ..errors import BrokerUnavailable, DeadlineExceeded, IntgradsError
+from ..payload import AttributionPayload
 from . import protocol as p
 from .endpoints import broker_endpoint
-from .errors import BrokerUnavailable, DeadlineExceeded, IntgradsError
-from .payload import AttributionPayload
 
 DEADLINE_MARGIN = 5.0  # seconds to wait past a deadline for the broker's answer
 Outcome = AttributionPayload | IntgradsError

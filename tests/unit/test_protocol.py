@@ -5,9 +5,9 @@ import struct
 
 import pytest
 
-from intgrads_zmq import protocol as p
 from intgrads_zmq.errors import BadRequest, IntgradsError, QueueFull
 from intgrads_zmq.payload import RawTensor
+from intgrads_zmq.service import protocol as p
 
 
 def test_request_round_trip():

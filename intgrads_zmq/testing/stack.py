@@ -104,7 +104,7 @@ class Broker:
     env: dict[str, str] = field(default_factory=dict)
 
     def status(self, timeout: float = 2.0) -> dict[str, Any]:
-        from intgrads_zmq.broker_client import BrokerClient
+        from intgrads_zmq.service.broker_client import BrokerClient
 
         with BrokerClient(self.frontend, connect_wait=timeout) as client:
             return client.status(timeout=timeout)

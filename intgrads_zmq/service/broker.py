@@ -29,9 +29,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from . import protocol as p
-from .endpoints import is_local_endpoint
-from .errors import (
+from ..errors import (
     BadRequest,
     DeadlineExceeded,
     IntgradsError,
@@ -41,6 +39,8 @@ from .errors import (
     UnknownModel,
     WorkerDied,
 )
+from . import protocol as p
+from .endpoints import is_local_endpoint
 from .security import CurveServer
 
 log = logging.getLogger("intgrads.broker")

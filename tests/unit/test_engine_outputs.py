@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from intgrads_zmq.engine import ChunkPlanner, attribute
-from intgrads_zmq.engine.memory import bytes_per_step, parse_bytes
+from intgrads_zmq.engine.memory import bytes_per_step
 from intgrads_zmq.errors import BadRequest, DeadlineExceeded, OutOfMemory
 from intgrads_zmq.options import TENSOR_FIELDS, AttributionOptions
+from intgrads_zmq.sizes import parse_bytes
 
 TEXT = "a great film , not boring !"
 ORDINARY = [
@@ -75,7 +76,11 @@ def test_chunking_does_not_change_results(tiny_bert):
     single = attribute(tiny_bert, TEXT, options, planner=ChunkPlanner(budget_bytes=1))
     assert whole.meta["timings"]["chunks"] == 1 and single.meta["timings"]["chunks"] == 13
     for name in TENSOR_FIELDS:
-        torch.testing.assert_close(whole.tensors[name], single.tensors[name], rtol=1e-5, atol=1e-7)
+        # Chunk size changes the GEMM blocking, so sums round differently: allow
+        # float32 rounding accumulated over a few dozen operations at the tensor's scale.
+        scale = float(whole.tensors[name].abs().max())
+        atol = 64 * torch.finfo(torch.float32).eps * scale
+        torch.testing.assert_close(whole.tensors[name], single.tensors[name], rtol=1e-5, atol=atol)
 
 
 def test_bf16_stays_close_to_float32(demo):

@@ -11,7 +11,7 @@ from bench.texts import review_texts
 from bench.time_trial import OURS, RECIPE, OriginalRecipe
 from intgrads_zmq.engine import attribute
 from intgrads_zmq.options import AttributionOptions
-from tests.support.stack import PYTHON, REPO, base_env
+from intgrads_zmq.testing.stack import PYTHON, REPO, base_env
 
 TEXT = ("a great film with wonderful acting , but the story is not very good "
         "and the ending is sad . i loved the music !")

@@ -88,3 +88,40 @@ def visible_gpus() -> list[str]:
     except (subprocess.SubprocessError, ValueError, IndexError, OSError):
         count = 0
     return [str(i) for i in range(count)]
+
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The instruction-set flags the kernel reports for the first CPU (empty if unknown)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_native_bf16(flags: frozenset[str] | None = None) -> bool:
+    """True when this CPU computes bf16 in hardware (AVX-512-BF16 or AMX).
+
+    Without either, torch's CPU autocast to bf16 falls back to emulation that
+    ran many times slower than float32 on an AVX2-only EPYC (a 128-token
+    benchmark did not finish its first bf16 pass in 20 minutes). Read from
+    /proc/cpuinfo, so asking costs no torch import.
+    """
+    flags = cpu_flags() if flags is None else flags
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def check_dtype(dtype: str, device: str) -> None:
+    """Refuse bf16 on a CPU that would emulate it (PlanError says why and what to do)."""
+    if dtype == "bf16" and device == "cpu" and not cpu_has_native_bf16():
+        raise PlanError(
+            "--dtype bf16 needs a CPU with native bf16 (AVX-512-BF16 or AMX); this one has "
+            "neither, and emulated bf16 is many times slower than float32. Use --dtype float32 "
+            "(the default) or run on a GPU."
+        )

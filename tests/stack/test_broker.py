@@ -12,7 +12,6 @@ import time
 import pytest
 import torch
 
-from intgrads_zmq.broker_client import BrokerClient
 from intgrads_zmq.errors import (
     BrokerUnavailable,
     DeadlineExceeded,
@@ -22,8 +21,9 @@ from intgrads_zmq.errors import (
     UnknownModel,
     WorkerDied,
 )
-from tests.support.stack import PYTHON, REPO, base_env, descendants, free_port, start_broker
-from tests.support.tiny_models import make_tiny_bert
+from intgrads_zmq.service.broker_client import BrokerClient
+from intgrads_zmq.testing.stack import PYTHON, REPO, base_env, descendants, free_port, start_broker
+from intgrads_zmq.testing.tiny_models import make_tiny_bert
 
 TEXT = "a great film , not boring !"
 SLOW_FAULT = {"INTGRADS_FAULTS": json.dumps({"sleep_on": "SLOW", "sleep_seconds": 3})}

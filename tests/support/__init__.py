@@ -1,1 +1,0 @@
-"""Helpers shared by the tests: tiny models, running the real stack."""
