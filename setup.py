@@ -18,8 +18,8 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         # A range that torch 2.13.0 (the CPU build the Makefile installs first) satisfies.
-        "torch>=2.1,<2.15",
-        "transformers>=4.44,<6",
+        "torch>=2.5,<2.15",  # torch.OutOfMemoryError
+        "transformers>=5,<6",  # the XLNet tokenizer code uses the 5.x API
         "tokenizers>=0.19",
         "accelerate>=0.30",
         "safetensors>=0.4",

@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from intgrads_zmq.service.broker_client import BrokerClient  # noqa: E402
-from intgrads_zmq.service.devices import available_cores  # noqa: E402
-from intgrads_zmq.testing.stack import start_broker  # noqa: E402
-from intgrads_zmq.testing.tiny_models import make_tiny_bert  # noqa: E402
+from intgrads_zmq.service.broker_client import BrokerClient
+from intgrads_zmq.service.devices import available_cores
+from intgrads_zmq.testing.stack import start_broker
+from intgrads_zmq.testing.tiny_models import make_tiny_bert
 
 TEXT = "a great film , not boring !"
 OPTIONS = {"n_steps": 8}

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from intgrads_zmq.testing.stack import start_broker, start_frontend  # noqa: E402
+from intgrads_zmq.testing.stack import start_broker, start_frontend
 
 REVIEW = ("The film opens with a long, quiet scene on a farm and it takes its time, but the acting is "
           "wonderful, the music is moving and the ending stayed with me for days. Some of the middle "

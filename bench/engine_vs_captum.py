@@ -30,12 +30,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from intgrads_zmq.engine import attribute  # noqa: E402
-from intgrads_zmq.models.loader import load_model  # noqa: E402
-from intgrads_zmq.models.spec import ModelSpec  # noqa: E402
-from intgrads_zmq.options import AttributionOptions  # noqa: E402
-from intgrads_zmq.service.devices import cpu_has_native_bf16  # noqa: E402
-from intgrads_zmq.service.tuning import tune_malloc  # noqa: E402
+from intgrads_zmq.engine import attribute
+from intgrads_zmq.models.loader import load_model
+from intgrads_zmq.models.spec import ModelSpec
+from intgrads_zmq.options import AttributionOptions
+from intgrads_zmq.service.devices import cpu_has_native_bf16
+from intgrads_zmq.service.tuning import tune_malloc
 
 WORDS = (
     "the film story acting great terrible music scene director plot character ending boring "

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from intgrads_zmq.testing.reliability import (  # noqa: E402
+from intgrads_zmq.testing.reliability import (
     bad_requests,
     check_bad_answer,
     load_specs,
@@ -36,8 +36,8 @@ from intgrads_zmq.testing.reliability import (  # noqa: E402
     run_load,
     run_schemathesis,
 )
-from intgrads_zmq.testing.stack import raw_http, start_broker, start_frontend  # noqa: E402
-from intgrads_zmq.testing.tiny_models import make_tiny_bert  # noqa: E402
+from intgrads_zmq.testing.stack import raw_http, start_broker, start_frontend
+from intgrads_zmq.testing.tiny_models import make_tiny_bert
 
 FRONTEND_ENV = {"INTGRADS_MAX_STEPS": "64", "INTGRADS_MAX_SEQUENCES": "4", "INTGRADS_MAX_LENGTH": "128"}
 MODEL_ARGS = ["--n-steps", "16", "--max-length", "128"]

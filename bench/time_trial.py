@@ -542,7 +542,7 @@ def main(model_dir: str | None, bert_path: str | None, xlnet_base_path: str | No
     LayerIntegratedGradients plus a separate intermediate-gradients pass) and
     the speed-up.
     """
-    from intgrads_zmq.cli import model_spec  # noqa: I001
+    from intgrads_zmq.cli import model_spec
 
     if method == "riemann_trapezoid" and n_steps < 2:
         raise click.UsageError("riemann_trapezoid needs --n-steps 2 or more")

@@ -175,7 +175,7 @@ class Client:
         max_length: int | None = None,
         seed: int | None = None,
         fields: Iterable[str] | None = None,
-        format: str = "torch",  # noqa: A002 - the API's own name for it
+        format: str = "torch",
         timeout: float | None = None,
     ) -> dict[str, Any]:
         """Explain one text; returns its tensors and metadata as one dict.
@@ -203,7 +203,7 @@ class Client:
         max_length: int | None = None,
         seed: int | None = None,
         fields: Iterable[str] | None = None,
-        format: str = "torch",  # noqa: A002
+        format: str = "torch",
         timeout: float | None = None,
     ) -> list[dict[str, Any]]:
         """Explain several texts in one request (``{"sequences": [...]}``).
@@ -323,7 +323,7 @@ def _decode_single(raw: bytes, fmt: str) -> dict[str, Any]:
         return {**(meta if isinstance(meta, dict) else {}), **tensors}
     except ApiError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any decoding failure means a bad body
+    except Exception as exc:
         raise _bad_response(fmt, exc) from exc
 
 
@@ -339,7 +339,7 @@ def _decode_batch(raw: bytes, fmt: str) -> list[dict[str, Any]]:
             index, _, name = key.partition(".")
             results[int(index)][name] = tensor
         return results
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise _bad_response(fmt, exc) from exc
 
 

@@ -108,7 +108,7 @@ def integrate_path(
                 before_chunk(stop - start)
             points = baseline + alpha_dev[start:stop, None, None] * diff
             grads = target_gradients(adapter, encoded, points, target, precision)
-        except Exception as exc:  # noqa: BLE001 - only OOM is handled here
+        except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
             _release_memory(device)

@@ -138,7 +138,7 @@ def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
         raise ModelLoadError(
             f"checkpoint {source} is not a readable PyTorch file: {_short(exc)}"
         ) from None
-    except Exception as exc:  # truncated zip, foreign format, I/O error, ...
+    except Exception as exc:  # noqa: BLE001 - truncated zip, foreign format, I/O error, ...
         raise ModelLoadError(
             f"checkpoint {source} is not a readable PyTorch file: "
             f"{type(exc).__name__}: {_short(exc)}"
@@ -563,7 +563,7 @@ def load_tokenizer(
             )
     except ModelLoadError:
         raise
-    except Exception as exc:  # transformers raises many kinds for a bad folder
+    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds for a bad folder
         raise ModelLoadError(f"tokenizer in {folder} could not be loaded: {_short(exc)}") from None
     _check_tokenizer(tokenizer, folder, vocab_size)
     return tokenizer

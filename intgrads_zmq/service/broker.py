@@ -289,7 +289,7 @@ class Broker:
                 break
             try:
                 handler(frames[0].bytes, frames[1:])
-            except Exception:  # noqa: BLE001 - one peer's message must never stop the loop
+            except Exception:
                 self._count("handler_errors")
                 log.exception("error while handling a message from %r; dropped it", frames[0].bytes[:40])
         for watch in self._watches:

@@ -222,7 +222,7 @@ class Computer:
             return p.reply_frames(p.WORKER, job.request_id, result.meta, raw_tensors(result.tensors))
         except IntgradsError as exc:
             return p.error_frames(p.WORKER, job.request_id, exc)
-        except Exception as exc:  # noqa: BLE001 - any model failure becomes an answer
+        except Exception as exc:
             log.exception("request %s failed", job.request_id)
             return p.error_frames(
                 p.WORKER, job.request_id, ComputeFailed(f"the model raised {type(exc).__name__}: {exc}")
