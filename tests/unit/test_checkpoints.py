@@ -1,4 +1,5 @@
-"""Loaders for the original server's checkpoints (intgrads_zmq.models.checkpoints).
+"""Loaders for the original server's checkpoints (intgrads_zmq.models: checkpoints,
+state_dicts, tokenizers).
 
 Checkpoints are built here with tiny shapes in the exact layout the original
 files have; BERT is checked against a forward pass written out by hand over
@@ -22,9 +23,9 @@ from intgrads_zmq.models.checkpoints import (
     OriginalBertClassifier,
     load_original_bert,
     load_original_xlnet,
-    load_tokenizer,
-    read_state_dict,
 )
+from intgrads_zmq.models.state_dicts import read_state_dict
+from intgrads_zmq.models.tokenizers import load_tokenizer
 
 VOCAB, HIDDEN, LAYERS, HEADS, INTER, POSITIONS = 100, 32, 2, 2, 37, 40
 WORDS = [
