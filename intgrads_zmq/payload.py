@@ -8,6 +8,8 @@ frontend never needs torch.
 from __future__ import annotations
 
 import struct
+import sys
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,30 +61,30 @@ class RawTensor:
         return self.numel * self.itemsize
 
     def tolist(self) -> Any:
-        """Nested Python lists (pure Python; slow for big tensors, by design rare)."""
+        """Nested lists of Python numbers, built in C by memoryview where it can.
+
+        Used by the JSON encoder and by clients without torch or numpy.
+        """
         if self.numel == 0:
             return _empty_nested(self.shape)
-        raw = memoryview(self.data).cast("B")
-        if self.dtype == "float16":  # memoryview cannot cast to half floats
-            flat = list(struct.unpack(f"<{self.numel}e", raw))
-            return flat[0] if not self.shape else _nest(flat, self.shape)
-        view = raw.cast(DTYPES[self.dtype][1])
+        code = DTYPES[self.dtype][1]
+        view = memoryview(self.data).cast("B")
+        if self.dtype == "float16":
+            # memoryview cannot view half floats; every float16 is exact as float32.
+            values = array("f", struct.unpack(f"<{self.numel}e", view))
+            view, code = memoryview(values).cast("B"), "f"
+        elif self.itemsize > 1 and sys.byteorder != "little":  # pragma: no cover
+            values = array(code)  # the wire is little-endian
+            values.frombytes(view)
+            values.byteswap()
+            view = memoryview(values).cast("B")
         if not self.shape:
-            return view[0]
-        return raw.cast(DTYPES[self.dtype][1], list(self.shape)).tolist()
+            return view.cast(code)[0]
+        return view.cast(code, list(self.shape)).tolist()
 
 
-def _nest(flat: list[Any], shape: tuple[int, ...]) -> Any:
-    if len(shape) == 1:
-        return flat
-    step = len(flat) // shape[0]
-    return [_nest(flat[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
-
-
-def _empty_nested(shape: tuple[int, ...]) -> Any:
-    if shape[0] == 0 or len(shape) == 1:
-        return [] if shape[0] == 0 else [[] for _ in range(shape[0])]
-    return [_empty_nested(shape[1:]) for _ in range(shape[0])]
+def _empty_nested(shape: tuple[int, ...]) -> list[Any]:
+    return [] if shape[0] == 0 else [_empty_nested(shape[1:]) for _ in range(shape[0])]
 
 
 @dataclass

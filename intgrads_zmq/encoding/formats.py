@@ -11,9 +11,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import struct
-import sys
-from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +19,7 @@ from intgrads_zmq.encoding.gzip_stream import gzip_chunks
 from intgrads_zmq.encoding.safetensors_format import write_safetensors
 from intgrads_zmq.encoding.torchsave import torch_save_chunks
 from intgrads_zmq.errors import BadRequest
-from intgrads_zmq.payload import DTYPES, AttributionPayload, RawTensor
+from intgrads_zmq.payload import AttributionPayload, RawTensor
 
 __all__ = [
     "DEFAULT_FORMAT",
@@ -180,7 +177,6 @@ def _torch_dict(payload: AttributionPayload) -> dict[str, Any]:
 # --- json ------------------------------------------------------------------
 
 _NON_FINITE = re.compile(r"NaN|-?Infinity")
-_ARRAY_CODES = {"float32": "f", "float64": "d", "int64": "q", "int32": "i"}
 
 
 def _json_object(payload: AttributionPayload) -> str:
@@ -194,7 +190,7 @@ def _json_object(payload: AttributionPayload) -> str:
     head = _dumps(_finite(meta))
     parts = []
     for name, tensor in _ordered_tensors(payload).items():
-        data = json.dumps(_nested_list(tensor), separators=(",", ":"))
+        data = json.dumps(tensor.tolist(), separators=(",", ":"))
         if tensor.dtype.startswith("float"):
             data = _NON_FINITE.sub("null", data)
         parts.append(
@@ -217,30 +213,6 @@ def _finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     return value
-
-
-def _nested_list(tensor: RawTensor) -> Any:
-    """Nested lists of Python numbers, built in C by memoryview where it can."""
-    if tensor.numel == 0:
-        return _empty_nested(tensor.shape)
-    code = DTYPES[tensor.dtype][1]
-    view = memoryview(tensor.data).cast("B")
-    if tensor.dtype == "float16":
-        # memoryview cannot view half floats; every float16 is exact as float32.
-        values = array("f", struct.unpack(f"<{tensor.numel}e", view))
-        view, code = memoryview(values).cast("B"), "f"
-    elif tensor.itemsize > 1 and sys.byteorder != "little":  # pragma: no cover
-        values = array(_ARRAY_CODES[tensor.dtype])
-        values.frombytes(view)
-        values.byteswap()
-        view = memoryview(values).cast("B")
-    if not tensor.shape:
-        return view.cast(code)[0]
-    return view.cast(code, list(tensor.shape)).tolist()
-
-
-def _empty_nested(shape: tuple[int, ...]) -> list[Any]:
-    return [] if shape[0] == 0 else [_empty_nested(shape[1:]) for _ in range(shape[0])]
 
 
 # --- safetensors -------------------------------------------------------------

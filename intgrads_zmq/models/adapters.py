@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..errors import ModelLoadError
-from .base import ClassifierAdapter, EncodedText
+from .base import ClassifierAdapter, EncodedText, logits_of
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class HookAdapter(ClassifierAdapter):
             )
         finally:
             handle.remove()
-        return _logits(out)
+        return logits_of(out)
 
 
 class BertEncoderAdapter(HookAdapter):
@@ -163,14 +163,7 @@ class InputsEmbedsAdapter(ClassifierAdapter):
     def logits_from_layer(self, points: torch.Tensor, encoded: EncodedText) -> torch.Tensor:
         batch = points.shape[0]
         out = self.model(inputs_embeds=points, **encoded.expanded_extras(batch), **self.fixed_inputs)
-        return _logits(out)
-
-
-def _logits(out: Any) -> torch.Tensor:
-    logits = getattr(out, "logits", None)
-    if logits is None:
-        logits = out[0] if isinstance(out, (tuple, list)) else out
-    return logits
+        return logits_of(out)
 
 
 def _first(value: Any) -> torch.Tensor:

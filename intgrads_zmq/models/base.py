@@ -162,6 +162,15 @@ def labels_of(model: torch.nn.Module) -> list[str]:
     return [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(count)]
 
 
+def logits_of(output: Any) -> torch.Tensor:
+    """The logits of a forward's output: Hugging Face's ``.logits``, else the
+    first element of a tuple, else the output itself."""
+    logits = getattr(output, "logits", None)
+    if logits is None:
+        logits = output[0] if isinstance(output, (tuple, list)) else output
+    return logits
+
+
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
     """Eval mode and no parameter gradients: only activations carry grads."""
     model.eval()

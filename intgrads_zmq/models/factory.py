@@ -17,7 +17,7 @@ import torch
 
 from ..errors import ModelLoadError
 from .adapters import BertEncoderAdapter, Head, HookAdapter, InputsEmbedsAdapter
-from .base import ClassifierAdapter, labels_of
+from .base import ClassifierAdapter, labels_of, logits_of
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,4 @@ def _model_logits(adapter: ClassifierAdapter, encoded: Any) -> torch.Tensor:
     kwargs = dict(encoded.extras)
     if isinstance(adapter, InputsEmbedsAdapter):
         kwargs.update(adapter.fixed_inputs)
-    out = adapter.model(input_ids=encoded.input_ids, **kwargs)
-    logits = getattr(out, "logits", None)
-    return logits if logits is not None else (out[0] if isinstance(out, (tuple, list)) else out)
+    return logits_of(adapter.model(input_ids=encoded.input_ids, **kwargs))

@@ -33,6 +33,3 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
         return cls(**{k: data.get(k) for k in ("kind", "path", "tokenizer", "name") if data.get(k) is not None})
-
-    def describe(self) -> str:
-        return self.kind if self.kind == "demo" else f"{self.kind}:{self.path}"
