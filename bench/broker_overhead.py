@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from intgrads_zmq.service.broker_client import BrokerClient
 from intgrads_zmq.service.devices import available_cores

@@ -18,12 +18,9 @@ import io
 import json
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from intgrads_zmq.testing.stack import start_broker, start_frontend
 

@@ -26,8 +26,6 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from intgrads_zmq.testing.reliability import (
     bad_requests,
     check_bad_answer,

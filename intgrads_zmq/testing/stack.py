@@ -9,6 +9,7 @@ TCP port. Teardown sends SIGTERM and checks that no process is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -63,23 +64,39 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def terminate_tree(process: subprocess.Popen, timeout: float, what: str) -> int:
-    """SIGTERM ``process``, wait for it, and assert none of its descendants
-    outlives it (any found are killed so one failure does not leak)."""
-    pids = descendants(process.pid)
+def stop_process(process: subprocess.Popen, timeout: float) -> int | None:
+    """The one teardown for a child process: SIGTERM, wait up to ``timeout``
+    seconds, then SIGKILL. Returns the exit code, or None if it had to be killed."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
     try:
-        code = process.wait(timeout=timeout)
+        return process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
-        raise
-    deadline = time.monotonic() + 10
+        process.wait()
+        return None
+
+
+def kill_survivors(pids: list[int], grace: float) -> list[int]:
+    """Give ``pids`` ``grace`` seconds to exit, SIGKILL those still alive, return them."""
+    deadline = time.monotonic() + grace
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     left = [p for p in pids if alive(p)]
     for pid in left:
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return left
+
+
+def terminate_tree(process: subprocess.Popen, timeout: float, what: str) -> int:
+    """SIGTERM ``process``, wait for it, and assert none of its descendants
+    outlives it (any found are killed so one failure does not leak)."""
+    pids = descendants(process.pid)
+    code = stop_process(process, timeout)
+    left = kill_survivors(pids, grace=10)
+    if code is None:
+        raise TimeoutError(f"the {what} did not exit within {timeout} s of SIGTERM (killed)")
     assert not left, f"processes left after the {what} exited: {left}"
     return code
 
@@ -224,16 +241,10 @@ class Frontend:
         return http("POST", self.url + path, data=data, headers=headers, timeout=timeout)
 
     def stop(self) -> None:
+        """SIGTERM gunicorn and reap; its workers are killed if they linger."""
         pids = descendants(self.process.pid)
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        for pid in pids:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        stop_process(self.process, 20)
+        kill_survivors(pids, grace=0)
 
 
 def start_frontend(broker_endpoint: str, *, env: dict[str, str] | None = None,

@@ -7,12 +7,15 @@ import subprocess
 import pytest
 import torch
 
-from bench.texts import review_texts
-from bench.time_trial import OURS, RECIPE, OriginalRecipe
 from intgrads_zmq.engine import attribute
 from intgrads_zmq.options import AttributionOptions
+from intgrads_zmq.testing.reference import OriginalRecipe
 from intgrads_zmq.testing.stack import PYTHON, REPO, base_env
+from intgrads_zmq.testing.texts import review_texts
 
+# The table's row labels (bench/trial_report.py); tests never import bench/.
+OURS = "intgrads-zmq (one pass, 4 outputs)"
+RECIPE = "original recipe (Captum LayerIntegratedGradients + separate intermediate-gradients pass)"
 TEXT = ("a great film with wonderful acting , but the story is not very good "
         "and the ending is sad . i loved the music !")
 
