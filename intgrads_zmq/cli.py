@@ -20,8 +20,8 @@ import click
 
 from .models.spec import DEMO_NAME, ModelSpec
 from .options import BASELINES, METHODS
-from .service.broker import DEFAULT_BACKEND, DEFAULT_FRONTEND
 from .service.devices import PlanError
+from .service.endpoints import DEFAULT_CLIENT_ENDPOINT, DEFAULT_WORKER_ENDPOINT
 from .service.settings import ServeSettings
 from .sizes import parse_bytes
 
@@ -138,9 +138,9 @@ def main(log_level: str) -> None:
 
 @main.command()
 @model_options
-@click.option("--frontend", default=DEFAULT_FRONTEND, show_default=True,
+@click.option("--frontend", default=DEFAULT_CLIENT_ENDPOINT, show_default=True,
               help="Where HTTP frontends (gunicorn) connect.")
-@click.option("--backend", default=DEFAULT_BACKEND, show_default=True,
+@click.option("--backend", default=DEFAULT_WORKER_ENDPOINT, show_default=True,
               help="Where workers connect. A non-loopback address needs --keys.")
 @click.option("--queue-bound", type=click.IntRange(min=1), default=32, show_default=True,
               help="Requests waiting per model before new ones are answered 'overloaded' (HTTP 503).")
@@ -196,7 +196,7 @@ def worker(connect: str, server_key: str | None, client_key: str | None, heartbe
 
 
 @main.command()
-@click.option("--frontend", default=DEFAULT_FRONTEND, show_default=True, help="The broker's frontend endpoint.")
+@click.option("--frontend", default=DEFAULT_CLIENT_ENDPOINT, show_default=True, help="The broker's frontend endpoint.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
 @click.option("--timeout", type=float, default=3.0, show_default=True)
 def status(frontend: str, as_json: bool, timeout: float) -> None:
@@ -216,6 +216,8 @@ def status(frontend: str, as_json: bool, timeout: float) -> None:
     for name, model in data.get("models", {}).items():
         click.echo(f"model {name}: {model['workers']} workers ({model['idle']} idle), {model['queued']} queued, "
                    f"labels {', '.join(model.get('labels', []))}")
+        if model.get("load_error"):
+            click.echo(f"  not loaded: {model['load_error']}")
     for w in data.get("workers", []):
         click.echo(f"  {w['identity']}: {w['state']} on {w.get('placement')} at {w.get('host')} "
                    f"(pid {w.get('pid')}), served {w['served']}")

@@ -172,5 +172,3 @@ class ModelLoadError(IntgradsError):
     status = 500
     title = "Model could not be loaded"
 
-
-RETRYABLE_STATUSES = frozenset({503})

@@ -21,6 +21,7 @@ from typing import Any
 from ..models.spec import ModelSpec
 from .broker import CLOSE_LINGER_MS, Broker, BrokerSettings
 from .endpoints import BROKER_ENV
+from .processes import WorkerExit, die_with_parent, stop_processes
 from .security import CurveClient, CurveServer, ensure_local_worker_key
 from .settings import ServeSettings
 from .supervisor import Supervisor
@@ -137,13 +138,8 @@ def run_workers(configs: list[WorkerConfig]) -> int:
     return 0
 
 
-def _die_with_parent() -> None:  # runs in the gunicorn child before exec
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
+def _gunicorn_dies_with_parent() -> None:  # runs in the gunicorn child before exec
+    die_with_parent(signal.SIGTERM)
 
 
 def start_gunicorn(broker_endpoint: str, host: str, port: int, workers: int = 1) -> subprocess.Popen:
@@ -154,7 +150,7 @@ def start_gunicorn(broker_endpoint: str, host: str, port: int, workers: int = 1)
     env = dict(os.environ, **{BROKER_ENV: broker_endpoint})
     command = [sys.executable, "-m", "gunicorn", "-c", str(config), "--bind", f"{host}:{port}",
                "--workers", str(workers), "frontend:app"]
-    return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
+    return subprocess.Popen(command, env=env, preexec_fn=_gunicorn_dies_with_parent)
 
 
 def run_all_in_one(spec: ModelSpec, settings: ServeSettings, *, host: str, port: int,
@@ -168,7 +164,7 @@ def run_all_in_one(spec: ModelSpec, settings: ServeSettings, *, host: str, port:
     http = start_gunicorn(frontend_ep, host, port, http_workers)
     announced = False
 
-    def tick() -> list[bytes]:
+    def tick() -> list[WorkerExit]:
         nonlocal announced
         if http.poll() is not None:
             log.error("gunicorn exited with code %s; stopping", http.returncode)
@@ -186,12 +182,7 @@ def run_all_in_one(spec: ModelSpec, settings: ServeSettings, *, host: str, port:
     try:
         broker.run(on_tick=tick)
     finally:
-        if http.poll() is None:
-            http.terminate()
-            try:
-                http.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                http.kill()
+        stop_processes([http], grace=10.0)
         supervisor.stop()
         _flush(broker)
         for leftover in sockets.glob("*"):

@@ -1,13 +1,22 @@
-"""The broker: queues per model, a worker registry, heartbeats, deadlines, retries.
+"""The broker: one queue per model, a worker registry, heartbeats, deadlines, retries.
 
 One thread runs :meth:`Broker.run`, a single poll loop; nothing else touches
-its sockets or state. Rules it keeps:
+its sockets or state. Per-model state lives in :class:`ModelService`. Rules
+it keeps:
 
 * Every accepted request gets exactly one answer: the worker's reply, or an
   error (overloaded, deadline passed, worker died twice, shutting down).
 * A worker is alive while it is heard from within ``heartbeat_interval *
   heartbeat_liveness``; a silent one is dropped and its request re-queued at
   the front, once. A second death answers the request with ``WorkerDied``.
+  A supervised worker's exit is reported by the supervisor (``on_tick``) and
+  handled at once, without waiting for missed heartbeats.
+* A model with no registered worker: a request for it queues only while the
+  model is *expected* (its workers are local and starting) and no load
+  failure is known; otherwise it gets ``NoWorkers`` (503 + Retry-After) at
+  once, with the load error when one is known. A load failure (LOAD_FAILED
+  from the worker, or its exit before it ever registered) also answers the
+  requests already queued for the model.
 * A request past its deadline is answered at once, whether queued or running;
   a reply arriving after that is dropped, never handed to anyone else.
 * Messages that break the protocol are logged and dropped; peers are never
@@ -21,13 +30,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from ..errors import (
     BadRequest,
@@ -40,102 +47,27 @@ from ..errors import (
     WorkerDied,
 )
 from . import protocol as p
-from .endpoints import is_local_endpoint
+from .endpoints import DEFAULT_CLIENT_ENDPOINT, DEFAULT_WORKER_ENDPOINT, is_local_endpoint
+from .model_service import ModelService, Pending
+from .peers import PeerLog, SocketWatch
+from .processes import WorkerExit
 from .security import CurveServer
 
 log = logging.getLogger("intgrads.broker")
 
-DEFAULT_FRONTEND = "tcp://127.0.0.1:5555"
-DEFAULT_BACKEND = "tcp://127.0.0.1:5556"
 MAX_ATTEMPTS = 2  # a request is dispatched at most twice (re-dispatched once)
 POLL_CAP = 0.2  # seconds: how quickly a stop request is noticed
 DISCONNECT_EVERY = 1.0  # seconds between DISCONNECTs to the same unknown worker
 CLOSE_LINGER_MS = 2000  # at exit, time given to answers already sent to reach their clients
-MAX_MODEL_NAME = 200
-PEER_LOG_BURST = 100  # warnings about misbehaving peers logged per PEER_LOG_WINDOW
-PEER_LOG_WINDOW = 10.0
-HANDSHAKE_FAILURES = {
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake failed",
-    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "not a valid ZMTP/CURVE handshake",
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "CURVE key refused",
-}
-PROTOCOL_ERRORS = {
-    getattr(zmq, name): name.removeprefix("PROTOCOL_ERROR_").lower()
-    for name in dir(zmq) if name.startswith("PROTOCOL_ERROR_") and isinstance(getattr(zmq, name), int)
-}
-
-
-class PeerLog:
-    """Rate-limited lines about peers: a flood of garbage must not become a
-    flood of log lines. Each kind of line (its format string) may be logged
-    ``PEER_LOG_BURST`` times per window, so one flood hides no other kind;
-    beyond that, lines are counted and the count is logged later."""
-
-    def __init__(self) -> None:
-        self._windows: dict[str, list[float]] = {}  # format -> [window end, logged, suppressed]
-
-    def __call__(self, level: int, message: str, *args: Any) -> None:
-        now = time.monotonic()
-        window = self._windows.setdefault(message, [0.0, 0, 0])
-        if now >= window[0]:
-            if window[2]:
-                log.warning("%d more lines like %r were not logged", window[2], message)
-            window[:] = [now + PEER_LOG_WINDOW, 0, 0]
-        if window[1] >= PEER_LOG_BURST:
-            window[2] += 1
-            return
-        window[1] += 1
-        log.log(level, message, *args)
-
-
-class SocketWatch:
-    """A monitor on one ROUTER: logs what libzmq decides before the broker sees
-    a message. A peer without an authorised CURVE key, or not speaking ZMTP,
-    fails the handshake; a message over MAXMSGSIZE drops its connection."""
-
-    EVENTS = zmq.EVENT_DISCONNECTED | sum(HANDSHAKE_FAILURES)
-
-    def __init__(self, sock: zmq.Socket, role: str, peer_log: PeerLog, count: Callable[[str], None]) -> None:
-        self.sock = sock
-        self.role = role
-        self.peer_log = peer_log
-        self.count = count
-        self.monitor = sock.get_monitor_socket(self.EVENTS)
-
-    def drain(self) -> None:
-        for _ in range(64):
-            try:
-                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            kind, value = event["event"], event["value"]
-            endpoint = event["endpoint"].decode("ascii", "replace")
-            if kind == zmq.EVENT_DISCONNECTED:
-                self.count(f"{self.role}_disconnections")
-                self.peer_log(logging.INFO, "%s connection closed on %s (the peer left, or sent a message "
-                              "over the size limit)", self.role, endpoint)
-            elif kind in HANDSHAKE_FAILURES:
-                detail = PROTOCOL_ERRORS.get(value, value) if kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL else value
-                self.count("handshakes_refused")
-                self.peer_log(logging.WARNING, "refused a %s connection on %s: %s (%s)", self.role, endpoint,
-                              HANDSHAKE_FAILURES[kind], detail)
-
-    def close(self) -> None:
-        self.sock.disable_monitor()
-        self.monitor.close(linger=0)
-
-
-def _printable(text: str, limit: int = 80) -> str:
-    """A peer-chosen string made safe for one log line."""
-    return "".join(ch if ch.isprintable() else "?" for ch in text[:limit])
+MAX_REMEMBERED_PEERS = 10_000  # bound on the per-peer memories below
 
 
 @dataclass
 class BrokerSettings:
     """Endpoints, liveness, bounds and timeouts (all seconds unless named)."""
 
-    frontend: str = DEFAULT_FRONTEND
-    backend: str = DEFAULT_BACKEND
+    frontend: str = DEFAULT_CLIENT_ENDPOINT
+    backend: str = DEFAULT_WORKER_ENDPOINT
     heartbeat_interval: float = 1.0
     heartbeat_liveness: int = 3
     queue_bound: int = 32
@@ -156,35 +88,36 @@ class BrokerSettings:
 
 
 @dataclass
-class Pending:
-    """A client request from arrival to answer."""
-
-    request_id: str
-    client: bytes
-    body: p.RequestBody
-    model: str
-    deadline: float
-    arrived: float
-    attempts: int = 0
-    answered: bool = False
-    died_on: list[str] = field(default_factory=list)
-
-
-@dataclass
 class WorkerRecord:
     """A registered worker and what it holds."""
 
     identity: bytes
-    model: str
-    info: dict[str, Any]
+    info: p.WorkerInfo
     expires: float
     since: float
     request: Pending | None = None
     served: int = 0
 
     @property
+    def model(self) -> str:
+        return self.info.model
+
+    @property
     def name(self) -> str:
-        return _printable(self.identity.decode("ascii", "replace"))
+        return p.identity_text(self.identity)
+
+    def status(self, now: float) -> p.WorkerStatus:
+        info = self.info
+        return p.WorkerStatus(
+            identity=self.name, model=info.model, state="busy" if self.request else "idle",
+            device=info.device, placement=info.placement, host=info.host, pid=info.pid,
+            served=self.served, up_seconds=round(now - self.since, 1),
+        )
+
+
+def _prefix_of(identity: bytes) -> bytes:
+    """The name part of a worker identity (see protocol.worker_identity)."""
+    return identity.rpartition(b".")[0] + b"."
 
 
 class Broker:
@@ -194,15 +127,15 @@ class Broker:
         self.settings = settings
         self.context = context or zmq.Context.instance()
         self.workers: dict[bytes, WorkerRecord] = {}
-        self.idle: dict[str, deque[bytes]] = {}
-        self.queues: dict[str, deque[Pending]] = {}
-        self.known_models: dict[str, dict[str, Any]] = {m: {} for m in settings.expected_models}
+        self.models: dict[str, ModelService] = {
+            m: ModelService(m, expected=True) for m in settings.expected_models}
         self.counters: dict[str, int] = {}
         self.stopping = False
         self._stop_requested = False
         self._stop_at = 0.0
         self._next_heartbeat = 0.0
         self._disconnect_sent: dict[bytes, float] = {}
+        self._ever_registered: set[bytes] = set()  # identity prefixes (worker names)
         self._authenticator: Any = None
         self._watches: list[SocketWatch] = []
         self._peer_log = PeerLog()
@@ -259,9 +192,8 @@ class Broker:
         if self._authenticator is not None:
             self._authenticator.stop()
 
-    def run(self, on_tick: Callable[[], Iterable[bytes]] | None = None) -> None:
-        """Serve until stopped; ``on_tick`` reports workers known to have died,
-        as identity prefixes (a worker's identity gains a suffix per reconnect)."""
+    def run(self, on_tick: Callable[[], Iterable[WorkerExit]] | None = None) -> None:
+        """Serve until stopped; ``on_tick`` reports supervised workers that exited."""
         if self.frontend is None:
             self.bind()
         poller = zmq.Poller()
@@ -274,9 +206,8 @@ class Broker:
                     self._receive(self.backend, self.handle_worker)
                 if self.frontend in events:
                     self._receive(self.frontend, self.handle_client)
-                for prefix in on_tick() if on_tick else ():
-                    for identity in [i for i in self.workers if i.startswith(prefix)]:
-                        self.worker_gone(identity, died=True, reason="process exited")
+                for exited in on_tick() if on_tick else ():
+                    self.worker_exited(exited)
                 self.tick()
         finally:
             self.close()
@@ -312,9 +243,9 @@ class Broker:
         self.stopping = True
         self._stop_at = now + self.settings.shutdown_grace
         log.info("shutting down: answering queued requests, waiting for running ones")
-        for queue in self.queues.values():
-            while queue:
-                self._answer_error(queue.popleft(), ShuttingDown("the broker is shutting down"))
+        for service in self.models.values():
+            for pending in service.take_all():
+                self._answer_error(pending, ShuttingDown("the broker is shutting down"))
 
     def _poll_timeout_ms(self) -> int:
         return int(min(POLL_CAP, self.settings.heartbeat_interval) * 1000)
@@ -335,9 +266,8 @@ class Broker:
             self.worker_gone(record.identity, died=True, reason="missed heartbeats")
 
     def _expire_deadlines(self, now: float) -> None:
-        for queue in self.queues.values():
-            for pending in [q for q in queue if q.deadline < now]:
-                queue.remove(pending)
+        for service in self.models.values():
+            for pending in service.take_expired(now):
                 self._answer_error(pending, DeadlineExceeded("the request waited in the queue past its deadline"))
         for record in self.workers.values():
             pending = record.request
@@ -346,24 +276,21 @@ class Broker:
 
     def dispatch(self) -> None:
         """Hand queued requests, oldest first, to idle workers of their model."""
-        for model, queue in self.queues.items():
-            idle = self.idle.get(model)
-            while queue and idle:
-                identity = idle.popleft()
+        for service in self.models.values():
+            while (assignment := service.next_assignment()) is not None:
+                identity, pending = assignment
                 record = self.workers.get(identity)
                 if record is None or record.request is not None:
+                    service.requeue(pending)  # a stale idle entry; try the next worker
                     continue
-                self._send_to_worker(record, queue.popleft())
+                self._send_to_worker(record, pending)
 
     def _send_to_worker(self, record: WorkerRecord, pending: Pending) -> None:
         remaining = max(0.001, pending.deadline - time.monotonic())
-        frames = p.request_frames(
-            p.WORKER, pending.request_id, model=pending.model, sequence=pending.body.sequence,
-            options=pending.body.options, timeout=remaining,
-        )
+        body = p.RequestBody(pending.model, pending.body.sequence, pending.body.options, remaining)
         record.request = pending
         pending.attempts += 1
-        if not self._send_worker(record.identity, frames):
+        if not self._send_worker(record.identity, p.request_frames(p.WORKER, pending.request_id, body)):
             self.worker_gone(record.identity, died=True, reason="unreachable")
 
     # -- clients --------------------------------------------------------------
@@ -375,7 +302,8 @@ class Broker:
             self._peer_log(logging.WARNING, "dropped a malformed client message: %s", exc)
             return
         if message.command == p.Command.STATUS:
-            self._send_client(client, p.envelope(p.CLIENT, p.Command.STATUS_REPLY, message.request_id) + [p.dumps(self.status())])
+            self._send_client(client, p.envelope(p.CLIENT, p.Command.STATUS_REPLY, message.request_id)
+                              + [self.status().to_json()])
         elif message.command == p.Command.REQUEST:
             self._accept(client, message)
         else:
@@ -385,7 +313,7 @@ class Broker:
     def _accept(self, client: bytes, message: p.Message) -> None:
         request_id = message.request_id or ""
         try:
-            body = p.parse_request_body(message.body[0])
+            body = p.RequestBody.from_json(message.body[0])
         except p.ProtocolError as exc:
             self._count("protocol_errors")
             self._peer_log(logging.WARNING, "refused a malformed request %r from client %r: %s",
@@ -394,40 +322,43 @@ class Broker:
             return
         now = time.monotonic()
         try:
-            model = self._route(body.model)
+            service = self._route(body.model)
         except IntgradsError as exc:
             self._reply_error(client, request_id, exc)
             return
         timeout = min(body.timeout or self.settings.default_timeout, self.settings.max_timeout)
-        pending = Pending(request_id, client, body, model, now + timeout, now)
-        queue = self.queues.setdefault(model, deque())
-        if len(queue) >= self.settings.queue_bound:
+        pending = Pending(request_id, client, body, service.name, now + timeout, now)
+        if service.full(self.settings.queue_bound):
             self._answer_error(pending, QueueFull(
-                f"model '{model}' has {len(queue)} requests waiting; try again shortly",
+                f"model '{service.name}' has {len(service.queue)} requests waiting; try again shortly",
                 retry_after=self.settings.retry_after,
             ))
             return
         self._count("requests_accepted")
-        queue.append(pending)
+        service.enqueue(pending)
         self.dispatch()
 
-    def _route(self, requested: str | None) -> str:
+    def _route(self, requested: str | None) -> ModelService:
         if self.stopping:
             raise ShuttingDown("the broker is shutting down", retry_after=self.settings.retry_after)
-        model = requested or self.default_model()
-        if model is None:
+        name = requested or self.default_model()
+        if name is None:
             raise NoWorkers("no model is being served yet", retry_after=self.settings.retry_after)
-        if model not in self.known_models:
-            raise UnknownModel(f"no model named '{model}'; served: {', '.join(sorted(self.known_models)) or 'none'}")
-        alive = any(r.model == model for r in self.workers.values())
-        if not alive and model not in self.settings.expected_models:
-            raise NoWorkers(f"no worker for model '{model}' is alive", retry_after=self.settings.retry_after)
-        return model
+        service = self.models.get(name)
+        if service is None:
+            raise UnknownModel(f"no model named '{name}'; served: {', '.join(sorted(self.models)) or 'none'}")
+        if not service.waits_for_workers():
+            raise self._no_workers(service)
+        return service
+
+    def _no_workers(self, service: ModelService) -> NoWorkers:
+        why = f": {service.load_error}" if service.load_error else " is alive"
+        return NoWorkers(f"no worker for model '{service.name}'{why}", retry_after=self.settings.retry_after)
 
     def default_model(self) -> str | None:
         if self.settings.default_model:
             return self.settings.default_model
-        return next(iter(self.known_models), None)
+        return next(iter(self.models), None)
 
     # -- workers --------------------------------------------------------------
     def handle_worker(self, identity: bytes, frames: list[Any]) -> None:
@@ -437,10 +368,13 @@ class Broker:
             self._count("protocol_errors")
             self._peer_log(logging.WARNING, "dropped a malformed message from worker %r: %s", identity[:40], exc)
             return
-        record = self.workers.get(identity)
         if message.command == p.Command.READY:
             self._register(identity, message)
             return
+        if message.command == p.Command.LOAD_FAILED:
+            self._load_failed(identity, message)
+            return
+        record = self.workers.get(identity)
         if record is None:
             self._disconnect_unknown(identity, message)
             return
@@ -452,10 +386,7 @@ class Broker:
 
     def _register(self, identity: bytes, message: p.Message) -> None:
         try:
-            info = p.loads_object(message.body[0])
-            model = info.get("model")
-            if not isinstance(model, str) or not 0 < len(model) <= MAX_MODEL_NAME:
-                raise p.ProtocolError(f"READY needs a model name of 1 to {MAX_MODEL_NAME} characters")
+            info = p.WorkerInfo.from_json(message.body[0])
         except p.ProtocolError as exc:
             self._count("protocol_errors")
             self._peer_log(logging.WARNING, "refused worker %r: %s", identity[:40], exc)
@@ -463,19 +394,49 @@ class Broker:
         if identity in self.workers:
             self.worker_gone(identity, died=False, reason="re-registered")
         now = time.monotonic()
-        self.workers[identity] = WorkerRecord(identity, model, info, now + self.settings.worker_expiry, now)
-        self.known_models[model] = info
-        self.idle.setdefault(model, deque()).append(identity)
+        record = WorkerRecord(identity, info, now + self.settings.worker_expiry, now)
+        self.workers[identity] = record
+        self.models.setdefault(info.model, ModelService(info.model)).add_worker(identity, info)
         self._disconnect_sent.pop(identity, None)
-        load_seconds = info.get("load_seconds")
-        if isinstance(load_seconds, bool) or not isinstance(load_seconds, (int, float)) or not 0 <= load_seconds < 1e9:
-            load_seconds = 0.0  # what a worker says about itself only decorates this line
-        log.info(
-            "worker %s ready: model %s on %.40s (%.80s), loaded in %.1f s",
-            self.workers[identity].name, _printable(model), info.get("device", "?"),
-            info.get("placement", ""), load_seconds,
-        )
+        self._remember(self._ever_registered, _prefix_of(identity))
+        log.info("worker %s ready: model %s on %.40s (%.80s), loaded in %.1f s", record.name,
+                 p.printable(info.model), info.device or "?", info.placement or "", info.load_seconds)
         self.dispatch()
+
+    def _load_failed(self, identity: bytes, message: p.Message) -> None:
+        """A worker could not load its model: no request waits for it any more."""
+        try:
+            failure = p.LoadFailure.from_json(message.body[0])
+        except p.ProtocolError as exc:
+            self._count("protocol_errors")
+            self._peer_log(logging.WARNING, "dropped a malformed LOAD_FAILED from %r: %s", identity[:40], exc)
+            return
+        self.model_failed(failure.model, f"worker {p.identity_text(identity)} failed to load it: {failure.error}")
+
+    def worker_exited(self, exited: WorkerExit) -> None:
+        """The supervisor saw a worker process end: forget it now; if it never
+        registered, its model failed to load."""
+        prefix = p.identity_prefix(exited.name)
+        for identity in [i for i in self.workers if i.startswith(prefix)]:
+            self.worker_gone(identity, died=True, reason=f"process exited with code {exited.exitcode}")
+        if prefix not in self._ever_registered and not self.stopping:
+            service = self.models.get(exited.model)
+            if service is None or service.load_error is None:  # keep a LOAD_FAILED's own words
+                self.model_failed(exited.model, f"worker {p.printable(exited.name)} exited with code "
+                                                f"{exited.exitcode} before it registered (see the log)")
+
+    def model_failed(self, model: str, error: str) -> None:
+        """Record why ``model`` has no worker; answer its queue if none is left."""
+        service = self.models.get(model)
+        if service is None:
+            self._peer_log(logging.INFO, "ignored a load failure for unknown model %r", model[:80])
+            return
+        log.error("model %s: %s", p.printable(model), error)
+        self._count("load_failures")
+        service.load_failed(error)
+        if not service.waits_for_workers():
+            for pending in service.take_all():
+                self._answer_error(pending, self._no_workers(service))
 
     def _finish(self, record: WorkerRecord, message: p.Message) -> None:
         pending = record.request
@@ -486,7 +447,7 @@ class Broker:
             return
         record.request = None
         record.served += 1
-        self.idle.setdefault(record.model, deque()).append(record.identity)
+        self.models[record.model].worker_free(record.identity)
         if pending.answered:
             self._count("late_replies_dropped")
             return
@@ -500,7 +461,7 @@ class Broker:
             self._answer(pending, p.error_frames(p.CLIENT, pending.request_id, error), "error")
             return
         try:
-            p.check_reply_frames(message.body)
+            p.parse_reply(message.body)
         except p.ProtocolError as exc:
             self._count("protocol_errors")
             self._peer_log(logging.WARNING, "worker %s sent a malformed reply: %s", record.name, exc)
@@ -513,9 +474,8 @@ class Broker:
         record = self.workers.pop(identity, None)
         if record is None:
             return
-        idle = self.idle.get(record.model)
-        if idle is not None and identity in idle:
-            idle.remove(identity)
+        service = self.models[record.model]
+        service.remove_worker(identity)
         log.warning("worker %s removed: %s", record.name, reason)
         pending = record.request
         if pending is None or pending.answered:
@@ -529,12 +489,11 @@ class Broker:
                 f"the request was running on {' and '.join(pending.died_on)} when each died; "
                 "it looks like it kills workers and was not retried again"
             ))
-            return
-        if self.stopping:
+        elif self.stopping:
             self._answer_error(pending, ShuttingDown("the broker is shutting down"))
-            return
-        self.queues.setdefault(pending.model, deque()).appendleft(pending)
-        self._count("requests_redispatched")
+        else:
+            service.requeue(pending)
+            self._count("requests_redispatched")
 
     def _disconnect_unknown(self, identity: bytes, message: p.Message) -> None:
         """A message from a worker that is not registered (dropped for missed
@@ -542,13 +501,21 @@ class Broker:
         self._count("unregistered_messages")
         now = time.monotonic()
         if now - self._disconnect_sent.get(identity, 0.0) >= DISCONNECT_EVERY:
-            self._disconnect_sent[identity] = now
+            self._remember(self._disconnect_sent, identity, now)
             self._peer_log(logging.INFO, "ignored %s%s from unregistered worker %r; told it to register",
                            message.command.name, f" for {message.request_id!r}" if message.request_id else "",
                            identity[:40])
             self._send_worker(identity, p.envelope(p.WORKER, p.Command.DISCONNECT))
-        if len(self._disconnect_sent) > 10_000:
-            self._disconnect_sent.clear()
+
+    @staticmethod
+    def _remember(memory: Any, key: bytes, value: float | None = None) -> None:
+        """Add to a per-peer memory, forgetting everything past its bound."""
+        if len(memory) >= MAX_REMEMBERED_PEERS:
+            memory.clear()
+        if value is None:
+            memory.add(key)
+        else:
+            memory[key] = value
 
     # -- answering ------------------------------------------------------------
     def _answer(self, pending: Pending, frames: list[Any], outcome: str) -> None:
@@ -585,41 +552,17 @@ class Broker:
         self.counters[name] = self.counters.get(name, 0) + 1
 
     # -- status -----------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
+    def status(self) -> p.BrokerStatus:
         """Models, workers, queues and counters (for /models, /readyz, /metrics)."""
         now = time.monotonic()
-        models = {}
-        for name, info in self.known_models.items():
-            workers = [r for r in self.workers.values() if r.model == name]
-            models[name] = {
-                "workers": len(workers),
-                "idle": sum(1 for r in workers if r.request is None),
-                "queued": len(self.queues.get(name, ())),
-                "labels": info.get("labels", []),
-                "defaults": info.get("defaults", {}),
-                "limits": info.get("limits", {}),
-                "model": info.get("describe", {}),
-                "dtype": info.get("dtype"),
-                "expected": name in self.settings.expected_models,
-            }
-        workers = [
-            {
-                "identity": r.name,
-                "model": r.model,
-                "state": "busy" if r.request else "idle",
-                "device": r.info.get("device"),
-                "placement": r.info.get("placement"),
-                "host": r.info.get("host"),
-                "pid": r.info.get("pid"),
-                "served": r.served,
-                "up_seconds": round(now - r.since, 1),
-            }
-            for r in self.workers.values()
-        ]
-        return {
-            "default_model": self.default_model(),
-            "models": models,
-            "workers": workers,
-            "counters": dict(self.counters),
-            "stopping": self.stopping,
-        }
+        busy: dict[str, int] = {}
+        for record in self.workers.values():
+            if record.request is not None:
+                busy[record.model] = busy.get(record.model, 0) + 1
+        return p.BrokerStatus(
+            default_model=self.default_model(),
+            models={name: s.status(busy.get(name, 0)) for name, s in self.models.items()},
+            workers=[r.status(now) for r in self.workers.values()],
+            counters=dict(self.counters),
+            stopping=self.stopping,
+        )

@@ -74,8 +74,8 @@ class BrokerClient:
                timeout: float = 600.0) -> str:
         """Send one request; returns its id (collect it with :meth:`wait`)."""
         request_id = p.new_request_id()
-        self._send(p.request_frames(p.CLIENT, request_id, model=model, sequence=sequence,
-                                    options=options or {}, timeout=timeout))
+        body = p.RequestBody(model, sequence, options or {}, timeout)
+        self._send(p.request_frames(p.CLIENT, request_id, body))
         return request_id
 
     # -- receiving ----------------------------------------------------------
@@ -131,7 +131,7 @@ class BrokerClient:
             return p.parse_error(message.body)
         if message.command == p.Command.STATUS_REPLY:
             try:
-                return p.loads_object(message.body[0])
+                return p.BrokerStatus.dict_from_json(message.body[0])
             except p.ProtocolError as exc:
                 return IntgradsError(f"malformed status reply: {exc}")
         return IntgradsError(f"unexpected {message.command.name} from the broker")
@@ -155,7 +155,8 @@ class BrokerClient:
         return outcome
 
     def status(self, timeout: float = 2.0) -> dict[str, Any]:
-        """The broker's models, workers, queues and counters."""
+        """The broker's models, workers, queues and counters, as plain data
+        (:meth:`protocol.BrokerStatus.to_dict`'s keys)."""
         request_id = p.new_request_id()
         self._send(p.envelope(p.CLIENT, p.Command.STATUS, request_id))
         answer = self.wait([request_id], timeout, margin=0.0)[request_id]

@@ -7,7 +7,8 @@ import os
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 BROKER_ENV = "INTGRADS_BROKER"
-DEFAULT_CLIENT_ENDPOINT = "tcp://127.0.0.1:5555"
+DEFAULT_CLIENT_ENDPOINT = "tcp://127.0.0.1:5555"  # where frontends reach the broker (its frontend)
+DEFAULT_WORKER_ENDPOINT = "tcp://127.0.0.1:5556"  # where local workers reach the broker (its backend)
 
 
 def is_local_endpoint(endpoint: str) -> bool:

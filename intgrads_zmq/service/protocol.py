@@ -1,43 +1,49 @@
-"""The wire protocol: every frame and command, in one place.
+"""The wire protocol: every frame, command and message body, in one place.
 
 Two conversations, each over a DEALER -> ROUTER pair (the ROUTER adds the
 peer's identity as the first frame on receive and consumes it on send):
 
 Frontend (client) <-> broker, header ``CLIENT``::
 
-    client -> broker  [CLIENT, REQUEST, request_id, request_json]
+    client -> broker  [CLIENT, REQUEST, request_id, RequestBody]
     client -> broker  [CLIENT, STATUS, request_id]
-    broker -> client  [CLIENT, REPLY, request_id, reply_json, *tensor_frames]
+    broker -> client  [CLIENT, REPLY, request_id, ReplyHeader, *tensor_frames]
     broker -> client  [CLIENT, ERROR, request_id, error_json]
-    broker -> client  [CLIENT, STATUS_REPLY, request_id, status_json]
+    broker -> client  [CLIENT, STATUS_REPLY, request_id, BrokerStatus]
 
 Worker <-> broker, header ``WORKER``::
 
-    worker -> broker  [WORKER, READY, info_json]
-    worker -> broker  [WORKER, REPLY, request_id, reply_json, *tensor_frames]
+    worker -> broker  [WORKER, READY, WorkerInfo]
+    worker -> broker  [WORKER, LOAD_FAILED, LoadFailure]   (then the worker exits)
+    worker -> broker  [WORKER, REPLY, request_id, ReplyHeader, *tensor_frames]
     worker -> broker  [WORKER, ERROR, request_id, error_json]
     both ways         [WORKER, HEARTBEAT]
     both ways         [WORKER, DISCONNECT]
-    broker -> worker  [WORKER, REQUEST, request_id, request_json]
+    broker -> worker  [WORKER, REQUEST, request_id, RequestBody]
 
-``request_json`` holds ``{"model", "sequence", "options", "timeout"}``;
-``reply_json`` holds ``{"meta": {...}, "tensors": [{"name", "dtype",
-"shape"}, ...]}`` describing the raw little-endian tensor frames that follow,
-in order. Headers are versioned (``IGC1``/``IGW1``): a peer speaking another
-version is refused. Nothing is ever unpickled: JSON and raw bytes only, with
-sizes checked before use.
+Each body is one JSON frame with one typed shape here (``from_json`` validates
+what a peer sent, ``to_json`` encodes); ``error_json`` is
+:meth:`IntgradsError.to_dict`. A :class:`ReplyHeader` describes the raw
+little-endian tensor frames that follow it, in order. Headers are versioned
+(``IGC1``/``IGW1``): a peer speaking another version is refused. Nothing is
+ever unpickled: JSON and raw bytes only, with sizes checked before use.
+
+A worker's ZeroMQ identity is :func:`worker_identity` (UTF-8 of its name plus
+a per-connection suffix); whoever needs to recognise a worker by name (the
+supervisor, the broker) matches :func:`identity_prefix`, so a name outside
+ASCII is the same bytes everywhere.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from .. import strict_json
 from ..errors import IntgradsError
 from ..payload import AttributionPayload, RawTensor
 
@@ -48,6 +54,9 @@ MAX_JSON_BYTES = 8 << 20  # request texts and metadata; tensors travel as raw fr
 MAX_REQUEST_ID_BYTES = 64
 MAX_TIMEOUT_SECONDS = 1e9  # longer asked-for deadlines are clamped to this (the broker clamps further)
 MAX_RETRY_AFTER = 86_400.0
+MAX_MODEL_NAME = 200
+MAX_NAME_BYTES = 200  # a worker's name in its identity; ZeroMQ allows 255 bytes in all
+MAX_TEXT = 2000  # free text a peer reports (a load error, a placement) is cut to this
 
 
 class Command(bytes, Enum):
@@ -61,6 +70,7 @@ class Command(bytes, Enum):
     READY = b"\x06"
     HEARTBEAT = b"\x07"
     DISCONNECT = b"\x08"
+    LOAD_FAILED = b"\x09"
 
 
 class ProtocolError(ValueError):
@@ -80,6 +90,27 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+def identity_prefix(name: str) -> bytes:
+    """The bytes every identity of the worker called ``name`` starts with:
+    UTF-8, cut (at a character boundary) to leave room for the suffix."""
+    raw = name.encode("utf-8")[:MAX_NAME_BYTES].decode("utf-8", "ignore")
+    return raw.encode("utf-8") + b"."
+
+
+def worker_identity(name: str, generation: int) -> bytes:
+    """The ZeroMQ identity of ``name``'s ``generation``-th connection."""
+    return identity_prefix(name) + str(generation).encode("ascii")
+
+
+def identity_text(identity: bytes, limit: int = 80) -> str:
+    """A peer-chosen identity made safe for one log line or a status field."""
+    return printable(identity.decode("utf-8", "replace"), limit)
+
+
+def printable(text: str, limit: int = 80) -> str:
+    return "".join(ch if ch.isprintable() else "?" for ch in text[:limit])
+
+
 def _bytes(frame: Any) -> bytes:
     return frame.bytes if hasattr(frame, "bytes") else bytes(frame)
 
@@ -92,32 +123,19 @@ def dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text[:20]} is out of range")
-    return value
-
-
 def loads(frame: Any) -> Any:
     """Decode a JSON frame with a size bound; errors become ProtocolError.
 
-    Strict where Python's json is lenient, because whatever is decoded here may
-    be re-encoded later with ``allow_nan=False`` (a failure then, far from the
-    peer that caused it, would stop the broker's loop): NaN, Infinity and
-    numbers like 1e400 are refused. So are the ValueError of an integer with
-    more than 4300 digits and the RecursionError of deeply nested arrays, which
-    json.loads raises instead of JSONDecodeError.
+    Strict (see :mod:`intgrads_zmq.strict_json`) because whatever is decoded
+    here may be re-encoded later: a failure then, far from the peer that caused
+    it, would stop the broker's loop. The RecursionError of absurdly nested
+    arrays is a ProtocolError too.
     """
     data = _bytes(frame)
     if len(data) > MAX_JSON_BYTES:
         raise ProtocolError(f"JSON frame of {len(data)} bytes exceeds {MAX_JSON_BYTES}")
     try:
-        return json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
+        return strict_json.loads(data)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError included
         raise ProtocolError(f"bad JSON frame: {str(exc)[:200]}") from None
 
@@ -141,6 +159,7 @@ _MIN_BODY = {
     Command.ERROR: 1,
     Command.STATUS_REPLY: 1,
     Command.READY: 1,
+    Command.LOAD_FAILED: 1,
 }
 
 
@@ -178,20 +197,37 @@ def envelope(header: bytes, command: Command, request_id: str | None = None) -> 
     return frames
 
 
+# -- field checks shared by the bodies ------------------------------------
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _model_name(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_MODEL_NAME:
+        raise ProtocolError(f"{what} needs a model name of 1 to {MAX_MODEL_NAME} characters")
+    return value
+
+
+def _flat(value: Any) -> bool:
+    """Scalars or lists of scalars: anything nested is refused, so that
+    re-encoding a peer's values can never recurse deeply."""
+    if isinstance(value, list):
+        return not any(isinstance(item, list | dict) for item in value)
+    return not isinstance(value, dict)
+
+
+def _flat_dict(value: Any) -> dict[str, Any]:
+    """The flat entries of ``value`` (an empty dict if it is not an object)."""
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if _flat(v)}
+
+
+def _text(value: Any) -> str | None:
+    return printable(value, MAX_TEXT) if isinstance(value, str) else None
+
+
 # -- requests -------------------------------------------------------------
-def request_frames(
-    header: bytes,
-    request_id: str,
-    *,
-    model: str | None,
-    sequence: str,
-    options: dict[str, Any],
-    timeout: float,
-) -> list[bytes]:
-    body = {"model": model, "sequence": sequence, "options": options, "timeout": timeout}
-    return envelope(header, Command.REQUEST, request_id) + [dumps(body)]
-
-
 @dataclass(frozen=True)
 class RequestBody:
     """A validated request: which model, which text, which options, how long."""
@@ -201,74 +237,160 @@ class RequestBody:
     options: dict[str, Any]
     timeout: float | None
 
+    def to_json(self) -> bytes:
+        return dumps({"model": self.model, "sequence": self.sequence, "options": self.options,
+                      "timeout": self.timeout})
 
-def parse_request_body(frame: Any) -> RequestBody:
-    body = loads_object(frame)
-    model, sequence = body.get("model"), body.get("sequence")
-    options, timeout = body.get("options", {}), body.get("timeout")
-    if model is not None and (not isinstance(model, str) or not 0 < len(model) <= 200):
-        raise ProtocolError("'model' must be a short string or null")
-    if not isinstance(sequence, str):
-        raise ProtocolError("'sequence' must be a string")
-    if not isinstance(options, dict):
-        raise ProtocolError("'options' must be an object")
-    if not all(_flat(value) for value in options.values()):
-        raise ProtocolError("'options' values must be scalars or lists of scalars")
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
-    ):
-        raise ProtocolError("'timeout' must be a positive number")
-    if timeout is not None:  # min() first: float() of a 400-digit int raises OverflowError
-        timeout = float(min(timeout, MAX_TIMEOUT_SECONDS))
-    return RequestBody(model, sequence, options, timeout)
+    @classmethod
+    def from_json(cls, frame: Any) -> RequestBody:
+        body = loads_object(frame)
+        model, sequence = body.get("model"), body.get("sequence")
+        options, timeout = body.get("options", {}), body.get("timeout")
+        if model is not None:
+            _model_name(model, "'model'")
+        if not isinstance(sequence, str):
+            raise ProtocolError("'sequence' must be a string")
+        if not isinstance(options, dict):
+            raise ProtocolError("'options' must be an object")
+        if not all(_flat(value) for value in options.values()):
+            raise ProtocolError("'options' values must be scalars or lists of scalars")
+        if timeout is not None and (not _is_number(timeout) or not timeout > 0):
+            raise ProtocolError("'timeout' must be a positive number")
+        if timeout is not None:  # min() first: float() of a 400-digit int raises OverflowError
+            timeout = float(min(timeout, MAX_TIMEOUT_SECONDS))
+        return cls(model, sequence, options, timeout)
 
 
-def _flat(value: Any) -> bool:
-    """Options are scalars or lists of scalars (``fields``); anything nested is
-    refused here so that re-encoding a request can never recurse deeply."""
-    if isinstance(value, list):
-        return not any(isinstance(item, (list, dict)) for item in value)
-    return not isinstance(value, dict)
+def request_frames(header: bytes, request_id: str, body: RequestBody) -> list[bytes]:
+    return envelope(header, Command.REQUEST, request_id) + [body.to_json()]
+
+
+# -- a worker describing itself --------------------------------------------
+@dataclass(frozen=True)
+class WorkerInfo:
+    """READY: which model a worker serves, with what, and with which settings.
+
+    Only ``model`` decides anything (where requests go); the rest describes the
+    worker for status pages. A peer's description is therefore taken leniently:
+    a field of the wrong type becomes empty, never a crash. ``limits`` and
+    ``defaults`` are the request bounds and defaults the worker enforces
+    (keys of :class:`intgrads_zmq.options.Limits` and ``AttributionOptions``).
+    """
+
+    model: str
+    description: dict[str, Any] = field(default_factory=dict)  # the adapter's describe()
+    labels: list[str] = field(default_factory=list)
+    defaults: dict[str, Any] = field(default_factory=dict)
+    limits: dict[str, Any] = field(default_factory=dict)
+    dtype: str | None = None
+    device: str | None = None
+    placement: str | None = None
+    host: str | None = None
+    pid: int | None = None
+    load_seconds: float = 0.0
+    capabilities: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return dumps(self.__dict__)
+
+    @classmethod
+    def from_json(cls, frame: Any) -> WorkerInfo:
+        data = loads_object(frame)
+        pid, seconds, labels = data.get("pid"), data.get("load_seconds"), data.get("labels")
+        return cls(
+            model=_model_name(data.get("model"), "READY"),
+            description=_flat_dict(data.get("description")),
+            labels=[printable(x) for x in labels if isinstance(x, str)] if isinstance(labels, list) else [],
+            defaults=_flat_dict(data.get("defaults")),
+            limits=_flat_dict(data.get("limits")),
+            dtype=_text(data.get("dtype")),
+            device=_text(data.get("device")),
+            placement=_text(data.get("placement")),
+            host=_text(data.get("host")),
+            pid=pid if isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 1 << 32 else None,
+            load_seconds=float(seconds) if _is_number(seconds) and 0 <= seconds < 1e9 else 0.0,
+            capabilities=_flat_dict(data.get("capabilities")),
+        )
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """LOAD_FAILED: the worker could not load its model and is exiting."""
+
+    model: str
+    error: str
+
+    def to_json(self) -> bytes:
+        return dumps({"model": self.model, "error": self.error[:MAX_TEXT]})
+
+    @classmethod
+    def from_json(cls, frame: Any) -> LoadFailure:
+        data = loads_object(frame)
+        error = _text(data.get("error"))
+        if not error:
+            raise ProtocolError("LOAD_FAILED needs an 'error' string")
+        return cls(_model_name(data.get("model"), "LOAD_FAILED"), error)
 
 
 # -- replies with tensors -------------------------------------------------
+@dataclass(frozen=True)
+class TensorSpec:
+    """How to read one raw tensor frame."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ReplyHeader:
+    """The first frame of a REPLY: metadata, then one spec per tensor frame."""
+
+    meta: dict[str, Any]
+    tensors: tuple[TensorSpec, ...]
+
+    def to_json(self) -> bytes:
+        return dumps({"meta": self.meta, "tensors": [
+            {"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in self.tensors]})
+
+    @classmethod
+    def from_json(cls, frame: Any) -> ReplyHeader:
+        head = loads_object(frame)
+        meta, tensors = head.get("meta"), head.get("tensors")
+        if not isinstance(meta, dict) or not isinstance(tensors, list):
+            raise ProtocolError("reply header needs 'meta' and 'tensors'")
+        specs = []
+        for item in tensors:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise ProtocolError("bad tensor description")
+            shape = item.get("shape")
+            if not isinstance(shape, list) or not all(isinstance(n, int) for n in shape):
+                raise ProtocolError("bad tensor shape")
+            specs.append(TensorSpec(item["name"], str(item.get("dtype")), tuple(shape)))
+        return cls(meta, tuple(specs))
+
+
 def reply_frames(
     header: bytes, request_id: str, meta: dict[str, Any], tensors: dict[str, RawTensor]
 ) -> list[Any]:
-    """[header, REPLY, id, reply_json, *raw tensor buffers] (buffers not copied)."""
-    described = [
-        {"name": name, "dtype": t.dtype, "shape": list(t.shape)} for name, t in tensors.items()
-    ]
-    head = dumps({"meta": meta, "tensors": described})
-    return envelope(header, Command.REPLY, request_id) + [head, *(t.data for t in tensors.values())]
+    """[header, REPLY, id, ReplyHeader, *raw tensor buffers] (buffers not copied)."""
+    head = ReplyHeader(meta, tuple(TensorSpec(name, t.dtype, tuple(t.shape)) for name, t in tensors.items()))
+    return envelope(header, Command.REPLY, request_id) + [head.to_json(), *(t.data for t in tensors.values())]
 
 
 def parse_reply(body: Sequence[Any]) -> AttributionPayload:
     """Rebuild a payload from a REPLY's frames, checking every size."""
-    head = loads_object(body[0])
-    meta, described = head.get("meta"), head.get("tensors")
-    if not isinstance(meta, dict) or not isinstance(described, list):
-        raise ProtocolError("reply header needs 'meta' and 'tensors'")
+    head = ReplyHeader.from_json(body[0])
     frames = body[1:]
-    if len(frames) != len(described):
-        raise ProtocolError(f"reply describes {len(described)} tensors but has {len(frames)} frames")
+    if len(frames) != len(head.tensors):
+        raise ProtocolError(f"reply describes {len(head.tensors)} tensors but has {len(frames)} frames")
     tensors: dict[str, RawTensor] = {}
-    for item, frame in zip(described, frames, strict=True):
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise ProtocolError("bad tensor description")
-        shape = item.get("shape")
-        if not isinstance(shape, list) or not all(isinstance(n, int) for n in shape):
-            raise ProtocolError("bad tensor shape")
+    for spec, frame in zip(head.tensors, frames, strict=True):
         try:
-            tensors[item["name"]] = RawTensor(str(item.get("dtype")), tuple(shape), _buffer(frame))
+            tensors[spec.name] = RawTensor(spec.dtype, spec.shape, _buffer(frame))
         except ValueError as exc:
-            raise ProtocolError(f"tensor {item['name']!r}: {exc}") from None
-    return AttributionPayload(meta=meta, tensors=tensors)
-
-
-def check_reply_frames(body: Sequence[Any]) -> None:
-    """Cheap structural check the broker runs before relaying a reply."""
-    parse_reply(body)
+            raise ProtocolError(f"tensor {spec.name!r}: {exc}") from None
+    return AttributionPayload(meta=head.meta, tensors=tensors)
 
 
 # -- errors ---------------------------------------------------------------
@@ -284,7 +406,7 @@ def parse_error_strict(body: Sequence[Any]) -> IntgradsError:
     """
     data = loads_object(body[0])
     retry = data.get("retry_after")
-    if isinstance(retry, bool) or not isinstance(retry, (int, float)) or not 0 <= retry <= MAX_RETRY_AFTER:
+    if not _is_number(retry) or not 0 <= retry <= MAX_RETRY_AFTER:
         data.pop("retry_after", None)
     return IntgradsError.from_dict(data)
 
@@ -294,3 +416,80 @@ def parse_error(body: Sequence[Any]) -> IntgradsError:
         return parse_error_strict(body)
     except ProtocolError:
         return IntgradsError("malformed error reply")
+
+
+# -- status -----------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelStatus:
+    """One model as the broker sees it (``status["models"][name]``).
+
+    ``expected``: the broker was started to serve it (its workers are local).
+    ``load_error``: why it has no worker, when a worker failed to load it.
+    ``model`` in the JSON repeats ``description`` for frontends written
+    before the rename (to be dropped once none reads it).
+    """
+
+    workers: int
+    idle: int
+    queued: int
+    labels: list[str]
+    defaults: dict[str, Any]
+    limits: dict[str, Any]
+    description: dict[str, Any]
+    dtype: str | None
+    expected: bool
+    load_error: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "model": self.description}
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """One registered worker (``status["workers"][i]``)."""
+
+    identity: str
+    model: str
+    state: str  # "idle" or "busy"
+    device: str | None
+    placement: str | None
+    host: str | None
+    pid: int | None
+    served: int
+    up_seconds: float
+
+
+@dataclass(frozen=True)
+class BrokerStatus:
+    """STATUS_REPLY: models, workers, counters (for /models, /readyz, /metrics)."""
+
+    default_model: str | None
+    models: dict[str, ModelStatus]
+    workers: list[WorkerStatus]
+    counters: dict[str, int]
+    stopping: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "default_model": self.default_model,
+            "models": {name: m.to_dict() for name, m in self.models.items()},
+            "workers": [dict(w.__dict__) for w in self.workers],
+            "counters": dict(self.counters),
+            "stopping": self.stopping,
+        }
+
+    def to_json(self) -> bytes:
+        return dumps(self.to_dict())
+
+    @staticmethod
+    def dict_from_json(frame: Any) -> dict[str, Any]:
+        """The status as plain data, checked for the shape readers rely on."""
+        data = loads_object(frame)
+        models, workers = data.get("models"), data.get("workers")
+        if not isinstance(models, dict) or not all(isinstance(m, dict) for m in models.values()):
+            raise ProtocolError("status needs 'models', an object of objects")
+        if not isinstance(workers, list) or not all(isinstance(w, dict) for w in workers):
+            raise ProtocolError("status needs 'workers', a list of objects")
+        if not isinstance(data.get("counters"), dict):
+            raise ProtocolError("status needs 'counters', an object")
+        return data

@@ -13,7 +13,6 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import zmq
 import zmq.auth
@@ -66,9 +65,6 @@ class CurveClient:
         sock.curve_secretkey = secret
         sock.curve_publickey = public
         sock.curve_serverkey = server_public
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"secret_file": str(self.secret_file), "server_public_file": str(self.server_public_file)}
 
 
 def make_keys(folder: str | Path, workers: int = 1) -> list[Path]:

@@ -2,11 +2,13 @@
 
 Workers are started with multiprocessing's *spawn* method: a fresh
 interpreter that inherits neither torch state nor ZeroMQ sockets. Each start
-gets a new identity, so the broker never confuses a replacement with the
-worker it replaces. :meth:`Supervisor.poll` is called from the broker's loop
-(same thread) and returns the identities of workers that just exited, so the
-broker can re-dispatch their requests at once instead of waiting for missed
-heartbeats. Restarts back off exponentially while a slot keeps failing.
+gets a new name (the start of its ZeroMQ identities), so the broker never
+confuses a replacement with the worker it replaces. :meth:`Supervisor.poll`
+is called from the broker's loop (same thread) and reports the workers that
+just exited (:class:`WorkerExit`), so the broker can re-dispatch their requests
+at once instead of waiting for missed heartbeats, and can tell a worker that
+died while loading its model. Restarts back off exponentially while a slot
+keeps failing.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .worker import WorkerConfig, run_worker
+from .processes import WorkerExit, stop_processes
+from .worker import WorkerConfig, worker_process
 
 log = logging.getLogger("intgrads.supervisor")
 
@@ -56,12 +59,12 @@ class Supervisor:
     def _start(self, slot: Slot) -> None:
         slot.identity = f"{slot.config.model.name}-w{slot.index}-{uuid.uuid4().hex[:6]}"
         config = replace(slot.config, identity=slot.identity, parent_pid=os.getpid())
-        process = self._spawn.Process(target=run_worker, args=(config,), name=f"intgrads-worker-{slot.index}")
+        process = self._spawn.Process(target=worker_process, args=(config,), name=f"intgrads-worker-{slot.index}")
         process.start()
         slot.process, slot.started_at, slot.restart_at = process, time.monotonic(), None
         log.info("started worker %d (pid %d) on %s", slot.index, process.pid, config.placement.describe())
 
-    def poll(self) -> list[bytes]:
+    def poll(self) -> list[WorkerExit]:
         """Reap exited workers, schedule and perform restarts; report the dead."""
         if self.stopped:
             return []
@@ -70,7 +73,7 @@ class Supervisor:
         for slot in self.slots:
             process = slot.process
             if process is not None and process.exitcode is not None:
-                gone.append(f"{slot.identity}.".encode())
+                gone.append(WorkerExit(slot.identity, slot.config.model.name, process.exitcode))
                 self._schedule_restart(slot, now, process.exitcode)
             elif process is None and slot.restart_at is not None and now >= slot.restart_at:
                 self._start(slot)
@@ -86,21 +89,7 @@ class Supervisor:
         slot.restart_at = now + delay
         log.warning("worker %d exited with code %s; restarting in %.1f s", slot.index, exitcode, delay)
 
-    def pids(self) -> list[int]:
-        return [s.process.pid for s in self.slots if s.process is not None and s.process.pid]
-
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM every worker, wait up to ``grace``, then SIGKILL the rest."""
         self.stopped = True
-        alive = [s.process for s in self.slots if s.process is not None]
-        for process in alive:
-            if process.exitcode is None:
-                process.terminate()
-        deadline = time.monotonic() + grace
-        for process in alive:
-            process.join(timeout=max(0.0, deadline - time.monotonic()))
-        for process in alive:
-            if process.exitcode is None:
-                log.warning("worker pid %d ignored SIGTERM; killing it", process.pid)
-                process.kill()
-                process.join(timeout=5)
+        stop_processes([s.process for s in self.slots if s.process is not None], grace)

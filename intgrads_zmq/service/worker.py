@@ -9,6 +9,10 @@ Two threads, each with its own sockets:
 * the main thread computes: it takes one job at a time from a queue and
   pushes the reply frames to the link thread over an inproc socket.
 
+A worker that cannot load its model tells the broker why (LOAD_FAILED, so
+requests for the model are refused at once instead of waiting for it) and
+exits with :data:`~.processes.EXIT_LOAD_FAILED`.
+
 This module imports torch only inside :func:`run_worker`, after the device
 group has been made visible through ``CUDA_VISIBLE_DEVICES``.
 """
@@ -20,6 +24,7 @@ import os
 import queue
 import signal
 import socket as pysocket
+import sys
 import threading
 import time
 import uuid
@@ -33,6 +38,7 @@ from ..models.spec import ModelSpec
 from ..options import BASELINES, METHODS, TENSOR_FIELDS, AttributionOptions, Limits
 from . import protocol as p
 from .devices import Placement
+from .processes import EXIT_LOAD_FAILED, die_with_parent
 from .security import CurveClient
 
 log = logging.getLogger("intgrads.worker")
@@ -61,6 +67,11 @@ class WorkerConfig:
     def attribution_limits(self) -> Limits:
         return Limits(**self.limits)
 
+    def worker_name(self) -> str:
+        """The name this worker's ZeroMQ identities start with (see
+        protocol.worker_identity); unique per process unless given."""
+        return self.identity or f"{pysocket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
 
 @dataclass
 class Job:
@@ -72,7 +83,7 @@ class Job:
 class BrokerLink(threading.Thread):
     """The link thread: the only user of the DEALER socket."""
 
-    def __init__(self, config: WorkerConfig, info: dict[str, Any], context: zmq.Context,
+    def __init__(self, config: WorkerConfig, info: p.WorkerInfo, context: zmq.Context,
                  replies_endpoint: str) -> None:
         super().__init__(name="broker-link", daemon=True)
         self.config = config
@@ -85,7 +96,7 @@ class BrokerLink(threading.Thread):
         self._busy = False
         self._must_register = True
         self._generation = 0
-        self._base_identity = config.identity or f"{pysocket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._name = config.worker_name()
         self._replies = context.socket(zmq.PULL)
         self._replies.bind(replies_endpoint)
 
@@ -145,8 +156,7 @@ class BrokerLink(threading.Thread):
     def _connect(self) -> zmq.Socket:
         self._generation += 1
         dealer = self.context.socket(zmq.DEALER)
-        identity = f"{self._base_identity}.{self._generation}"
-        dealer.setsockopt(zmq.IDENTITY, identity.encode("ascii", "replace"))
+        dealer.setsockopt(zmq.IDENTITY, p.worker_identity(self._name, self._generation))
         dealer.setsockopt(zmq.LINGER, 0)
         if self.config.curve is not None:
             self.config.curve.apply(dealer)
@@ -155,7 +165,7 @@ class BrokerLink(threading.Thread):
         return dealer
 
     def _send_ready(self, dealer: zmq.Socket) -> None:
-        dealer.send_multipart(p.envelope(p.WORKER, p.Command.READY) + [p.dumps(self.info)])
+        dealer.send_multipart(p.envelope(p.WORKER, p.Command.READY) + [self.info.to_json()])
         self._must_register = False
 
     def _from_broker(self, dealer: zmq.Socket) -> None:
@@ -173,7 +183,7 @@ class BrokerLink(threading.Thread):
     def _accept(self, dealer: zmq.Socket, message: p.Message) -> None:
         request_id = message.request_id or "-"
         try:
-            body = p.parse_request_body(message.body[0])
+            body = p.RequestBody.from_json(message.body[0])
         except p.ProtocolError as exc:
             dealer.send_multipart(p.error_frames(p.WORKER, request_id, ComputeFailed(f"malformed request: {exc}")))
             return
@@ -254,17 +264,7 @@ def _prepare_process(config: WorkerConfig) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if config.parent_pid is not None:
-        _die_with_parent()
-
-
-def _die_with_parent() -> None:
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+        die_with_parent()
 
 
 def load_adapter(config: WorkerConfig) -> tuple[Any, float]:
@@ -284,22 +284,47 @@ def load_adapter(config: WorkerConfig) -> tuple[Any, float]:
     return adapter, time.perf_counter() - started
 
 
-def describe_worker(config: WorkerConfig, adapter: Any, load_seconds: float) -> dict[str, Any]:
+def describe_worker(config: WorkerConfig, adapter: Any, load_seconds: float) -> p.WorkerInfo:
     """The READY announcement: model, device group, capabilities, settings."""
-    return {
-        "model": config.model.name,
-        "describe": adapter.describe(),
-        "labels": list(adapter.labels),
-        "defaults": config.attribution_defaults().to_dict(),
-        "limits": config.attribution_limits().to_dict(),
-        "dtype": config.dtype,
-        "device": config.placement.device,
-        "placement": config.placement.describe(),
-        "host": pysocket.gethostname(),
-        "pid": os.getpid(),
-        "load_seconds": round(load_seconds, 2),
-        "capabilities": {"methods": list(METHODS), "baselines": list(BASELINES), "fields": list(TENSOR_FIELDS)},
-    }
+    return p.WorkerInfo(
+        model=config.model.name,
+        description=adapter.describe(),
+        labels=list(adapter.labels),
+        defaults=config.attribution_defaults().to_dict(),
+        limits=config.attribution_limits().to_dict(),
+        dtype=config.dtype,
+        device=config.placement.device,
+        placement=config.placement.describe(),
+        host=pysocket.gethostname(),
+        pid=os.getpid(),
+        load_seconds=round(load_seconds, 2),
+        capabilities={"methods": list(METHODS), "baselines": list(BASELINES), "fields": list(TENSOR_FIELDS)},
+    )
+
+
+def report_load_failure(config: WorkerConfig, error: str, wait_ms: int = 2000) -> None:
+    """Tell the broker this worker's model failed to load (best effort: a
+    broker that cannot be reached within ``wait_ms`` learns it from the
+    supervisor, or not at all for a remote worker)."""
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    try:
+        dealer.setsockopt(zmq.IDENTITY, p.worker_identity(config.worker_name(), 0))
+        if config.curve is not None:
+            config.curve.apply(dealer)
+        dealer.connect(config.connect)
+        failure = p.LoadFailure(config.model.name, error)
+        dealer.send_multipart(p.envelope(p.WORKER, p.Command.LOAD_FAILED) + [failure.to_json()], zmq.NOBLOCK)
+    except zmq.ZMQError as exc:
+        log.warning("could not report the load failure to the broker: %s", exc)
+    finally:
+        dealer.close(linger=wait_ms)
+        context.term()
+
+
+def worker_process(config: WorkerConfig) -> None:
+    """Target of a spawned worker process: its exit code is run_worker's."""
+    sys.exit(run_worker(config))
 
 
 def run_worker(config: WorkerConfig) -> int:
@@ -311,7 +336,13 @@ def run_worker(config: WorkerConfig) -> int:
     # A supervised worker leaves Ctrl-C to its supervisor, which stops it last.
     supervised = config.parent_pid is not None
     signal.signal(signal.SIGINT, signal.SIG_IGN if supervised else (lambda *_: stop.set()))
-    adapter, load_seconds = load_adapter(config)
+    try:
+        adapter, load_seconds = load_adapter(config)
+    except Exception as exc:  # any load failure is reported, then the process ends
+        log.exception("could not load model %s", config.model.name)
+        reason = exc.description if isinstance(exc, IntgradsError) else f"{type(exc).__name__}: {exc}"
+        report_load_failure(config, reason)
+        return EXIT_LOAD_FAILED
     computer = Computer(adapter, config)
     context = zmq.Context()
     endpoint = f"inproc://replies-{uuid.uuid4().hex}"

@@ -1,6 +1,6 @@
 """The decoding rules that keep one peer's message from stopping the broker.
 
-Each of these inputs once escaped protocol.loads / parse_request_body as an
+Each of these inputs once escaped protocol.loads / RequestBody.from_json as an
 exception other than ProtocolError (RecursionError, a plain ValueError,
 OverflowError) or decoded into a value that re-encoding refused later, and
 the broker's loop died of it (found by test_peers_hostile.py). Pure functions:
@@ -38,21 +38,20 @@ def test_finite_json_still_round_trips():
 
 
 def test_a_huge_integer_timeout_is_clamped_not_an_overflow():
-    body = p.parse_request_body(b'{"sequence": "a", "timeout": 1' + b"0" * 400 + b"}")
+    body = p.RequestBody.from_json(b'{"sequence": "a", "timeout": 1' + b"0" * 400 + b"}")
     assert body.timeout == p.MAX_TIMEOUT_SECONDS
 
 
 @pytest.mark.parametrize("options", [b'{"fields": [["x"]]}', b'{"n_steps": {"a": 1}}', b'{"seed": [{}]}'])
 def test_nested_options_are_refused(options):
     with pytest.raises(p.ProtocolError, match="scalars"):
-        p.parse_request_body(b'{"sequence": "a", "options": ' + options + b"}")
+        p.RequestBody.from_json(b'{"sequence": "a", "options": ' + options + b"}")
 
 
 def test_every_accepted_request_can_be_re_encoded_for_a_worker():
-    body = p.parse_request_body(b'{"sequence": "a", "options": {"fields": ["step_sizes"], "seed": 3, "x": null}}')
-    frames = p.request_frames(p.WORKER, "id", model=body.model, sequence=body.sequence, options=body.options,
-                              timeout=1.0)
-    assert p.parse_request_body(frames[-1]).options == body.options
+    body = p.RequestBody.from_json(b'{"sequence": "a", "options": {"fields": ["step_sizes"], "seed": 3, "x": null}}')
+    frames = p.request_frames(p.WORKER, "id", body)
+    assert p.RequestBody.from_json(frames[-1]).options == body.options
 
 
 @pytest.mark.parametrize("retry", [b"-1", b"1" + b"0" * 400, b"1e300", b'"soon"', b"true"])

@@ -240,3 +240,46 @@ def test_a_model_with_no_live_worker_is_no_workers(tmp_path):
                 client.attribute(TEXT)
     finally:
         broker.stop()
+
+
+def test_kill_9_of_a_worker_with_a_non_ascii_name_is_noticed_through_its_supervisor(tiny_bert_dir):
+    # Heartbeats 15 s apart in effect: only the supervisor can notice the death in time.
+    broker = start_broker(["--model", str(tiny_bert_dir), "--name", "modèle-é"], workers=2, env=SLOW_FAULT,
+                          extra_args=["--heartbeat", "5"])
+    try:
+        broker.wait_ready()
+        with client_for(broker) as client:
+            rid = client.submit("SLOW kill " + TEXT, model="modèle-é", options={"n_steps": 3}, timeout=60)
+            victim = _busy_worker_pid(broker)
+            os.kill(victim, signal.SIGKILL)
+            outcome = client.wait([rid], 60)[rid]
+            assert not isinstance(outcome, IntgradsError), outcome
+            status = broker.wait_ready(workers=2)
+            assert victim not in [w["pid"] for w in status["workers"]]
+            assert all(w["identity"].startswith("modèle-é-w") for w in status["workers"])
+        log = broker.log_text()
+        assert "removed: process exited with code -9" in log
+        assert "missed heartbeats" not in log
+    finally:
+        broker.stop()
+
+
+def test_a_model_that_fails_to_load_is_refused_at_once_with_the_reason(tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    broker = start_broker(["--model", str(broken), "--name", "broken"], workers=1, folder=tmp_path)
+    try:
+        with client_for(broker) as client:
+            deadline = time.monotonic() + 60
+            while "failed to load" not in (broker.status()["models"]["broken"]["load_error"] or "") \
+                    and time.monotonic() < deadline:
+                time.sleep(0.2)
+            status = broker.status()["models"]["broken"]
+            assert status["expected"] and status["workers"] == 0
+            assert "config.json" in status["load_error"]  # the worker's own words, sent before it exited
+            with pytest.raises(NoWorkers, match="config.json") as caught:
+                client.attribute(TEXT, timeout=600)
+            assert caught.value.retry_after
+    finally:
+        broker.stop()

@@ -11,10 +11,10 @@ from intgrads_zmq.service import protocol as p
 
 
 def test_request_round_trip():
-    frames = p.request_frames(p.CLIENT, "abc", model="m", sequence="hi", options={"n_steps": 3}, timeout=5)
+    frames = p.request_frames(p.CLIENT, "abc", p.RequestBody("m", "hi", {"n_steps": 3}, 5))
     message = p.parse(frames, p.CLIENT)
     assert message.command == p.Command.REQUEST and message.request_id == "abc"
-    body = p.parse_request_body(message.body[0])
+    body = p.RequestBody.from_json(message.body[0])
     assert (body.model, body.sequence, body.options, body.timeout) == ("m", "hi", {"n_steps": 3}, 5.0)
 
 
@@ -69,7 +69,7 @@ def test_malformed_envelopes_are_refused(frames):
 )
 def test_malformed_request_bodies_are_refused(body):
     with pytest.raises(p.ProtocolError):
-        p.parse_request_body(body)
+        p.RequestBody.from_json(body)
 
 
 def test_replies_with_lying_tensor_headers_are_refused():

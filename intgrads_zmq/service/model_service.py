@@ -1,0 +1,111 @@
+"""The broker's state for one model: its queue, its workers, what is known of it.
+
+Like Majordomo's ``Service``: the broker keeps one :class:`ModelService` per
+model name and asks it small questions (is a worker free? which requests are
+past their deadline?). Nothing here sends a message or reads a clock; the
+broker's loop thread is its only user.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from . import protocol as p
+
+
+@dataclass
+class Pending:
+    """A client request from arrival to answer."""
+
+    request_id: str
+    client: bytes
+    body: p.RequestBody
+    model: str
+    deadline: float
+    arrived: float
+    attempts: int = 0
+    answered: bool = False
+    died_on: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ModelService:
+    """One model's queue and workers.
+
+    ``expected``: the broker was started to serve this model (its workers are
+    local and supervised), so a request may wait for a worker that is still
+    loading. ``load_error``: why the latest attempt to start a worker for it
+    failed; cleared when a worker registers.
+    """
+
+    name: str
+    expected: bool = False
+    info: p.WorkerInfo | None = None
+    load_error: str | None = None
+    queue: deque[Pending] = field(default_factory=deque)
+    workers: set[bytes] = field(default_factory=set)
+    idle: deque[bytes] = field(default_factory=deque)
+
+    # -- workers --------------------------------------------------------------
+    def add_worker(self, identity: bytes, info: p.WorkerInfo) -> None:
+        self.workers.add(identity)
+        self.idle.append(identity)
+        self.info = info
+        self.load_error = None
+
+    def remove_worker(self, identity: bytes) -> None:
+        self.workers.discard(identity)
+        if identity in self.idle:
+            self.idle.remove(identity)
+
+    def worker_free(self, identity: bytes) -> None:
+        if identity in self.workers and identity not in self.idle:
+            self.idle.append(identity)
+
+    def has_workers(self) -> bool:
+        return bool(self.workers)
+
+    def load_failed(self, error: str) -> None:
+        self.load_error = error
+
+    def waits_for_workers(self) -> bool:
+        """Whether a request with no worker to take it may queue: only for an
+        expected model whose workers are starting and have not failed."""
+        return self.has_workers() or (self.expected and self.load_error is None)
+
+    # -- requests -------------------------------------------------------------
+    def full(self, bound: int) -> bool:
+        return len(self.queue) >= bound
+
+    def enqueue(self, pending: Pending) -> None:
+        self.queue.append(pending)
+
+    def requeue(self, pending: Pending) -> None:
+        """Back to the front: a re-dispatched request keeps its place."""
+        self.queue.appendleft(pending)
+
+    def next_assignment(self) -> tuple[bytes, Pending] | None:
+        """The oldest request and the longest-idle worker, if both exist."""
+        if not self.queue or not self.idle:
+            return None
+        return self.idle.popleft(), self.queue.popleft()
+
+    def take_expired(self, now: float) -> list[Pending]:
+        expired = [q for q in self.queue if q.deadline < now]
+        for pending in expired:
+            self.queue.remove(pending)
+        return expired
+
+    def take_all(self) -> list[Pending]:
+        taken = list(self.queue)
+        self.queue.clear()
+        return taken
+
+    def status(self, busy: int) -> p.ModelStatus:
+        info = self.info or p.WorkerInfo(self.name)
+        return p.ModelStatus(
+            workers=len(self.workers), idle=len(self.workers) - busy, queued=len(self.queue),
+            labels=info.labels, defaults=info.defaults, limits=info.limits, description=info.description,
+            dtype=info.dtype, expected=self.expected, load_error=self.load_error,
+        )

@@ -1,0 +1,318 @@
+"""The broker's rules, driven in-process: the real Broker loop in a thread on
+inproc:// endpoints, with fake workers and a real BrokerClient speaking the
+real protocol over real pyzmq sockets. No process is started; a supervisor's
+reports (a worker process exited) are injected through ``on_tick``.
+"""
+
+from __future__ import annotations
+
+import queue
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import zmq
+
+from intgrads_zmq.errors import DeadlineExceeded, NoWorkers, QueueFull, UnknownModel, WorkerDied
+from intgrads_zmq.payload import AttributionPayload, RawTensor
+from intgrads_zmq.service import protocol as p
+from intgrads_zmq.service.broker import Broker, BrokerSettings
+from intgrads_zmq.service.broker_client import BrokerClient
+from intgrads_zmq.service.processes import EXIT_LOAD_FAILED, WorkerExit
+
+LIMITS = {"max_steps": 300, "max_length": 512, "max_sequence_chars": 100_000, "max_sequences": 64}
+DEFAULTS = {"n_steps": 50, "method": "gausslegendre", "baseline": "pad", "max_length": 512}
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.005)
+    raise TimeoutError("condition not met")
+
+
+class FakeWorker:
+    """A DEALER that speaks the worker side of the protocol, step by step."""
+
+    def __init__(self, context: zmq.Context, endpoint: str, model: str, name: str) -> None:
+        self.model = model
+        self.name = name
+        self.sock = context.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.IDENTITY, p.worker_identity(name, 1))
+        self.sock.connect(endpoint)
+
+    def send(self, command: p.Command, *frames: Any, request_id: str | None = None) -> None:
+        self.sock.send_multipart(p.envelope(p.WORKER, command, request_id) + list(frames))
+
+    def ready(self) -> None:
+        info = p.WorkerInfo(self.model, description={"architecture": "Fake"}, labels=["neg", "pos"],
+                            defaults=DEFAULTS, limits=LIMITS, dtype="float32", pid=1234)
+        self.send(p.Command.READY, info.to_json())
+
+    def next_request(self, timeout: float = 5.0) -> p.Message:
+        """The next REQUEST; heartbeats are sent while waiting, as a live worker does."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.send(p.Command.HEARTBEAT)
+            if self.sock.poll(10):
+                message = p.parse(self.sock.recv_multipart(), p.WORKER)
+                if message.command == p.Command.REQUEST:
+                    return message
+        raise TimeoutError(f"{self.name} was given no request")
+
+    def reply(self, request_id: str) -> None:
+        tensor = RawTensor("float32", (1,), struct.pack("<f", 1.0))
+        self.sock.send_multipart(p.reply_frames(p.WORKER, request_id, {"tokens": ["a"]}, {"x": tensor}))
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+class InProcessBroker:
+    """The real broker loop in a thread; fake workers and clients around it."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.context = zmq.Context()
+        tag = uuid.uuid4().hex[:8]
+        settings.setdefault("shutdown_grace", 0.2)
+        self.settings = BrokerSettings(frontend=f"inproc://front-{tag}", backend=f"inproc://back-{tag}",
+                                       **settings)
+        self.broker = Broker(self.settings, self.context)
+        self.broker.bind()  # before anyone connects: inproc needs the bind first
+        self.exits: queue.Queue[WorkerExit] = queue.Queue()
+        self.thread = threading.Thread(target=self.broker.run, kwargs={"on_tick": self._exits}, daemon=True)
+        self.thread.start()
+        self.client = BrokerClient(self.settings.frontend, context=self.context)
+        self.workers: list[FakeWorker] = []
+
+    def _exits(self) -> list[WorkerExit]:
+        out = []
+        while not self.exits.empty():
+            out.append(self.exits.get_nowait())
+        return out
+
+    def worker(self, model: str = "m", name: str | None = None, *, ready: bool = True) -> FakeWorker:
+        worker = FakeWorker(self.context, self.settings.backend, model, name or f"{model}-w{len(self.workers)}")
+        self.workers.append(worker)
+        if ready:
+            worker.ready()
+            wait_until(lambda: any(w["identity"].startswith(worker.name) for w in self.status()["workers"]))
+        return worker
+
+    def status(self) -> dict[str, Any]:
+        return self.client.status()
+
+    def outcome(self, request_id: str, timeout: float = 5.0) -> Any:
+        return self.client.wait([request_id], timeout, margin=0.0)[request_id]
+
+    def close(self) -> None:
+        self.broker.request_stop()
+        self.thread.join(timeout=10)
+        assert not self.thread.is_alive()
+        for worker in self.workers:
+            worker.close()
+        self.client.close()
+        self.context.destroy(linger=0)
+
+
+@pytest.fixture
+def make_broker():
+    made: list[InProcessBroker] = []
+
+    def make(**settings: Any) -> InProcessBroker:
+        made.append(InProcessBroker(**settings))
+        return made[-1]
+
+    yield make
+    for broker in made:
+        broker.close()
+
+
+# -- deadlines ----------------------------------------------------------------
+def test_a_queued_request_past_its_deadline_is_answered_deadline_exceeded(make_broker):
+    stack = make_broker(expected_models=("m",))  # expected, no worker yet: the request queues
+    rid = stack.client.submit("text", timeout=0.05)
+    assert isinstance(stack.outcome(rid), DeadlineExceeded)
+    assert stack.status()["models"]["m"]["queued"] == 0
+
+
+def test_a_running_request_past_its_deadline_is_answered_and_the_late_reply_dropped(make_broker):
+    stack = make_broker()
+    worker = stack.worker()
+    rid = stack.client.submit("text", timeout=0.05)
+    message = worker.next_request()
+    assert isinstance(stack.outcome(rid), DeadlineExceeded)
+    worker.reply(message.request_id)
+    wait_until(lambda: stack.status()["counters"].get("late_replies_dropped") == 1)
+    assert stack.status()["workers"][0]["state"] == "idle"
+
+
+# -- retries --------------------------------------------------------------------
+def test_a_request_is_redispatched_once_then_answered_worker_died(make_broker):
+    stack = make_broker()
+    first, second = stack.worker(name="m-a"), stack.worker(name="m-b")
+    rid = stack.client.submit("poison")
+    assert first.next_request().request_id == rid  # the longest-idle worker gets it
+    stack.exits.put(WorkerExit("m-a", "m", -9))
+    assert second.next_request().request_id == rid  # re-dispatched at once, no heartbeat wait
+    stack.exits.put(WorkerExit("m-b", "m", -9))
+    outcome = stack.outcome(rid)
+    assert isinstance(outcome, WorkerDied) and "m-a" in outcome.description and "m-b" in outcome.description
+    assert stack.status()["workers"] == []
+
+
+def test_a_silent_worker_is_dropped_after_missed_heartbeats_and_its_request_served_elsewhere(make_broker):
+    stack = make_broker(heartbeat_interval=0.05)
+    silent, live = stack.worker(name="m-silent"), stack.worker(name="m-live")
+    rid = stack.client.submit("text")
+    assert silent.next_request().request_id == rid
+    message = live.next_request()  # it beats while it waits; the silent one expires
+    assert message.request_id == rid
+    live.reply(rid)
+    assert isinstance(stack.outcome(rid), AttributionPayload)
+    assert [w["identity"] for w in stack.status()["workers"]] == ["m-live.1"]
+    assert stack.status()["counters"]["requests_redispatched"] == 1
+
+
+def test_a_busy_worker_saying_goodbye_hands_its_request_on_without_using_an_attempt(make_broker):
+    stack = make_broker()
+    leaving, staying = stack.worker(name="m-leaving"), stack.worker(name="m-staying")
+    rid = stack.client.submit("text")
+    assert leaving.next_request().request_id == rid
+    leaving.send(p.Command.DISCONNECT)
+    assert staying.next_request().request_id == rid
+    staying.send(p.Command.DISCONNECT)  # two goodbyes are still not a poison request
+    third = stack.worker(name="m-third")
+    assert third.next_request().request_id == rid
+    third.reply(rid)
+    assert isinstance(stack.outcome(rid), AttributionPayload)
+
+
+# -- refusals -------------------------------------------------------------------
+def test_a_full_queue_refuses_at_once_with_retry_after(make_broker):
+    stack = make_broker(expected_models=("m",), queue_bound=2, retry_after=3.0)
+    queued = [stack.client.submit("text") for _ in range(2)]
+    extra = stack.client.submit("text")
+    outcome = stack.outcome(extra)
+    assert isinstance(outcome, QueueFull) and outcome.retry_after == 3.0 and outcome.status == 503
+    assert stack.status()["models"]["m"]["queued"] == 2
+    worker = stack.worker()
+    for rid in queued:
+        assert worker.next_request().request_id == rid  # oldest first
+        worker.reply(rid)
+        assert isinstance(stack.outcome(rid), AttributionPayload)
+
+
+def test_an_unknown_model_is_404(make_broker):
+    stack = make_broker()
+    stack.worker()
+    rid = stack.client.submit("text", model="nope")
+    outcome = stack.outcome(rid)
+    assert isinstance(outcome, UnknownModel) and outcome.status == 404 and "m" in outcome.description
+
+
+def test_a_known_model_that_is_not_expected_and_has_no_worker_is_refused_at_once(make_broker):
+    stack = make_broker()
+    worker = stack.worker()
+    worker.send(p.Command.DISCONNECT)
+    wait_until(lambda: stack.status()["models"]["m"]["workers"] == 0)
+    outcome = stack.outcome(stack.client.submit("text", timeout=30))
+    assert isinstance(outcome, NoWorkers) and outcome.retry_after
+
+
+# -- models whose workers are starting, or failed to start (A4) ------------------
+def test_status_lists_an_expected_model_before_its_worker_registers(make_broker):
+    stack = make_broker(expected_models=("m",), default_model="m")
+    model = stack.status()["models"]["m"]
+    assert (model["workers"], model["expected"], model["load_error"]) == (0, True, None)
+    stack.worker()
+    model = stack.status()["models"]["m"]
+    assert model["workers"] == 1 and model["limits"] == LIMITS and model["defaults"] == DEFAULTS
+    assert model["labels"] == ["neg", "pos"] and model["model"] == model["description"] == {"architecture": "Fake"}
+
+
+def test_a_request_during_start_up_waits_for_the_first_worker(make_broker):
+    stack = make_broker(expected_models=("m",), default_model="m")
+    rid = stack.client.submit("text", timeout=30)
+    wait_until(lambda: stack.status()["models"]["m"]["queued"] == 1)
+    worker = stack.worker()
+    assert worker.next_request().request_id == rid
+    worker.reply(rid)
+    assert isinstance(stack.outcome(rid), AttributionPayload)
+
+
+def test_a_load_failure_answers_waiting_requests_and_refuses_new_ones_at_once(make_broker):
+    stack = make_broker(expected_models=("m",), default_model="m")
+    waiting = stack.client.submit("text", timeout=30)
+    wait_until(lambda: stack.status()["models"]["m"]["queued"] == 1)
+    failing = stack.worker(name="m-w0", ready=False)
+    failing.send(p.Command.LOAD_FAILED, p.LoadFailure("m", "OSError: no weights in /models/m").to_json())
+    first = stack.outcome(waiting)  # well before its 30 s deadline
+    assert isinstance(first, NoWorkers) and "no weights in /models/m" in first.description
+    assert first.status == 503 and first.retry_after
+    later = stack.outcome(stack.client.submit("text", timeout=30))
+    assert isinstance(later, NoWorkers) and "no weights" in later.description
+    model = stack.status()["models"]["m"]
+    assert model["workers"] == 0 and model["expected"] and "no weights" in model["load_error"]
+
+
+def test_a_worker_that_exits_before_registering_is_a_load_failure(make_broker):
+    stack = make_broker(expected_models=("m",), default_model="m")
+    waiting = stack.client.submit("text", timeout=30)
+    wait_until(lambda: stack.status()["models"]["m"]["queued"] == 1)
+    stack.exits.put(WorkerExit("m-w0-abc", "m", EXIT_LOAD_FAILED))
+    outcome = stack.outcome(waiting)
+    assert isinstance(outcome, NoWorkers) and f"exited with code {EXIT_LOAD_FAILED}" in outcome.description
+    assert "before it registered" in stack.status()["models"]["m"]["load_error"]
+
+
+def test_a_registered_worker_exiting_is_not_a_load_failure(make_broker):
+    stack = make_broker(expected_models=("m",), default_model="m")
+    stack.worker(name="m-w0-abc")
+    stack.exits.put(WorkerExit("m-w0-abc", "m", -9))
+    wait_until(lambda: stack.status()["models"]["m"]["workers"] == 0)
+    assert stack.status()["models"]["m"]["load_error"] is None
+    rid = stack.client.submit("text", timeout=30)  # its replacement is starting: wait for it
+    wait_until(lambda: stack.status()["models"]["m"]["queued"] == 1)
+    replacement = stack.worker(name="m-w0-def")
+    assert replacement.next_request().request_id == rid
+
+
+def test_a_worker_registering_after_a_load_failure_clears_it(make_broker):
+    stack = make_broker(expected_models=("m",), default_model="m")
+    stack.exits.put(WorkerExit("m-w0-abc", "m", 1))
+    wait_until(lambda: stack.status()["models"]["m"]["load_error"])
+    worker = stack.worker(name="m-w0-def")
+    assert stack.status()["models"]["m"]["load_error"] is None
+    rid = stack.client.submit("text")
+    worker.next_request()
+    worker.reply(rid)
+    assert isinstance(stack.outcome(rid), AttributionPayload)
+
+
+# -- names outside ASCII (A5) -----------------------------------------------------
+def test_a_worker_with_a_non_ascii_name_is_recognised_when_its_process_exits(make_broker):
+    stack = make_broker()
+    name = "modèle-é-w0-1a2b3c"
+    doomed, spare = stack.worker("modèle-é", name=name), stack.worker("modèle-é", name="spare")
+    assert stack.status()["workers"][0]["identity"] == f"{name}.1"
+    rid = stack.client.submit("text", model="modèle-é")
+    assert doomed.next_request().request_id == rid
+    stack.exits.put(WorkerExit(name, "modèle-é", -9))
+    assert spare.next_request().request_id == rid
+    assert [w["identity"] for w in stack.status()["workers"]] == ["spare.1"]
+
+
+def test_identities_are_utf8_and_fit_zeromq():
+    assert p.worker_identity("é", 2) == "é.2".encode()
+    long = p.worker_identity("é" * 300, 12)
+    assert len(long) <= 255 and long.startswith(p.identity_prefix("é" * 300))
+    long.decode("utf-8")  # cut at a character boundary
