@@ -240,6 +240,21 @@ class Frontend:
         data = json.dumps(body).encode() if isinstance(body, dict) else body
         return http("POST", self.url + path, data=data, headers=headers, timeout=timeout)
 
+    def wait_serving(self, timeout: float) -> None:
+        """Wait until ``/healthz`` answers 200; RuntimeError if gunicorn exits first,
+        TimeoutError after ``timeout`` seconds (both quote the end of its log)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                if self.get("/healthz", timeout=1)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"gunicorn did not serve within {timeout} s:\n{self.log.read_text()[-3000:]}")
+
     def stop(self) -> None:
         """SIGTERM gunicorn and reap; its workers are killed if they linger."""
         pids = descendants(self.process.pid)
@@ -257,17 +272,8 @@ def start_frontend(broker_endpoint: str, *, env: dict[str, str] | None = None,
                "--bind", f"127.0.0.1:{port}", "frontend:app"]
     process = subprocess.Popen(command, cwd=REPO, env=full_env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     frontend = Frontend(process, f"http://127.0.0.1:{port}", log)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited:\n{log.read_text()[-3000:]}")
-        try:
-            if frontend.get("/healthz", timeout=1)[0] == 200:
-                return frontend
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"gunicorn did not start:\n{log.read_text()[-3000:]}")
+    frontend.wait_serving(30)
+    return frontend
 
 
 def raw_http(port: int, request: bytes, *, timeout: float = 10.0, half_close: bool = False,
