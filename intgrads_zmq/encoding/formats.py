@@ -3,7 +3,8 @@
 ``torch`` (the default) keeps the original server's contract: a gzip'd
 ``torch.save`` dict that ``gzip.open`` + ``torch.load`` reads. ``json`` suits
 clients without torch; ``safetensors`` suits clients that want raw tensors
-without pickle. None of this imports torch or numpy.
+without pickle. None of this imports torch or numpy. The public names are
+the ones :mod:`intgrads_zmq.encoding` re-exports.
 """
 
 from __future__ import annotations
@@ -20,15 +21,6 @@ from intgrads_zmq.encoding.safetensors_format import write_safetensors
 from intgrads_zmq.encoding.torchsave import torch_save_chunks
 from intgrads_zmq.errors import BadRequest
 from intgrads_zmq.payload import AttributionPayload, RawTensor
-
-__all__ = [
-    "DEFAULT_FORMAT",
-    "FORMATS",
-    "EncodedBody",
-    "Format",
-    "encode",
-    "negotiate",
-]
 
 
 @dataclass(frozen=True, slots=True)
