@@ -474,6 +474,22 @@ def test_tokenizer_folder_without_tokenizer(tmp_path: Path) -> None:
         load_tokenizer(tmp_path / "absent", family="xlnet")
 
 
+@pytest.mark.parametrize(
+    ("content", "pattern"),
+    [
+        (b"\x0f", "unsupported protobuf wire type 7"),  # field 1 with an unknown wire type
+        (b"\x0a\x80", "could not be loaded"),  # a length varint cut short
+        (b"", "holds no SentencePiece vocabulary"),
+    ],
+)
+def test_broken_spiece_model_is_refused(tmp_path: Path, content: bytes, pattern: str) -> None:
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    (folder / "spiece.model").write_bytes(content)
+    with pytest.raises(ModelLoadError, match=pattern):
+        load_tokenizer(folder, family="xlnet")
+
+
 def test_xlnet_tokenizer_from_bare_spiece_model(tmp_path: Path) -> None:
     spm = pytest.importorskip("sentencepiece")
     folder = write_spiece(tmp_path / "tok")
