@@ -3,8 +3,39 @@
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+from setuptools.command.editable_wheel import editable_wheel
 
-README = Path(__file__).with_name("README.md")
+HERE = Path(__file__).parent
+README = HERE / "README.md"
+# A start-up line installed next to the packages in site-packages, so that
+# ``gunicorn frontend`` gets frontend/gunicorn.conf.py from any directory
+# (see frontend/gunicorn_hook.py). Only site-packages' own .pth files run.
+PTH_SOURCE = HERE / "frontend" / "gunicorn_hook.pth"
+PTH_NAME = "intgrads_zmq_gunicorn.pth"
+
+
+def _write_pth(folder: str) -> None:
+    Path(folder, PTH_NAME).write_bytes(PTH_SOURCE.read_bytes())
+
+
+class BuildPyWithHook(build_py):
+    """A normal install: the .pth goes to the wheel's root, i.e. site-packages."""
+
+    def run(self) -> None:
+        super().run()
+        _write_pth(self.build_lib)
+
+
+class EditableWheelWithHook(editable_wheel):
+    """``pip install -e .``: the editable wheel holds only a path finder, so the
+    .pth is added to the files it installs into site-packages."""
+
+    def _run_build_commands(self, dist_name: str, unpacked_wheel: str, build_lib: str, tmp_dir: str) -> tuple:
+        outputs = super()._run_build_commands(dist_name, unpacked_wheel, build_lib, tmp_dir)
+        _write_pth(str(unpacked_wheel))
+        return outputs
+
 
 setup(
     name="intgrads-zmq",
@@ -46,6 +77,7 @@ setup(
         ],
         "bench": ["captum>=0.7", "tqdm>=4.66"],
     },
+    cmdclass={"build_py": BuildPyWithHook, "editable_wheel": EditableWheelWithHook},
     entry_points={
         "console_scripts": [
             "intgrads-broker=intgrads_zmq.cli:main",

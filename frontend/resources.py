@@ -6,22 +6,18 @@ the format the client asked for. They never import torch or touch a model.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import falcon
 
+from intgrads_zmq import strict_json
 from intgrads_zmq.encoding import FORMATS, encode, negotiate
 from intgrads_zmq.errors import BadRequest, IntgradsError, NotReady, PayloadTooLarge
 from intgrads_zmq.options import TENSOR_FIELDS, parse_request
 
 from .broker_pool import BrokerPool
+from .model_limits import ModelLimits, limits_in_status
 from .settings import FrontendSettings
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed in JSON")
-
 
 DRAIN_CAP = 64 << 20  # read (and drop) up to this much of a too-large body
 
@@ -66,7 +62,7 @@ def read_json_body(req: falcon.Request, limit: int) -> Any:
     if not data.strip():
         raise BadRequest("the body is empty: send a JSON object with a 'sequence'", field="sequence")
     try:
-        return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+        return strict_json.loads(data)
     except UnicodeDecodeError:
         raise BadRequest("the body is not UTF-8 text") from None
     except (ValueError, RecursionError) as exc:
@@ -76,13 +72,15 @@ def read_json_body(req: falcon.Request, limit: int) -> Any:
 class AttributionResource:
     """POST /model/ and /model/{name}/: explain one or several texts."""
 
-    def __init__(self, pool: BrokerPool, settings: FrontendSettings) -> None:
+    def __init__(self, pool: BrokerPool, settings: FrontendSettings, limits: ModelLimits) -> None:
         self.pool = pool
         self.settings = settings
+        self.limits = limits
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, name: str | None = None) -> None:
         fmt = negotiate(req.get_param("format"), req.get_header("Accept"))
-        parsed = parse_request(read_json_body(req, self.settings.max_body_bytes), self.settings.limits)
+        body = read_json_body(req, self.settings.max_body_bytes)
+        parsed = parse_request(body, self.limits.for_model(name))
         options = dict(parsed.options)
         if "fields" not in options:  # JSON is a summary unless tensors are asked for
             options["fields"] = [] if fmt == "json" else list(TENSOR_FIELDS)
@@ -144,7 +142,9 @@ class ModelsResource:
             "default_model": status.get("default_model"),
             "models": models,
             "formats": {name: f.media_type for name, f in FORMATS.items()},
-            "limits": {**self.settings.limits.to_dict(), "max_body_bytes": self.settings.max_body_bytes,
+            # What POST /model/ (the default model) accepts; each model's own are above.
+            "limits": {**limits_in_status(status, None, self.settings.limits).to_dict(),
+                       "max_body_bytes": self.settings.max_body_bytes,
                        "timeout_seconds": self.settings.timeout},
         }
 
@@ -157,7 +157,12 @@ class HealthResource:
 
 
 class ReadyResource:
-    """GET /readyz: the broker answers and every model has a ready worker."""
+    """GET /readyz: the broker answers and every model has a ready worker.
+
+    When a model has none, the 503 names it, says whether the broker was told
+    to expect it, and carries the reason its workers could not load it (the
+    broker's ``load_error``) so an operator need not read the worker logs.
+    """
 
     def __init__(self, pool: BrokerPool, settings: FrontendSettings) -> None:
         self.pool = pool
@@ -165,9 +170,26 @@ class ReadyResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         status = self.pool.client().status(timeout=self.settings.status_timeout)
-        workers = {name: m.get("workers", 0) for name, m in status.get("models", {}).items()}
-        missing = sorted(name for name, count in workers.items() if count < 1)
-        if not workers or missing:
-            what = f"no worker ready for {', '.join(missing)}" if missing else "no model is served yet"
-            raise NotReady(what, retry_after=1.0)
-        resp.media = {"ready": True, "workers": workers}
+        models = status.get("models", {})
+        workers = {name: m.get("workers", 0) for name, m in models.items()}
+        missing = [_missing(name, models[name]) for name in sorted(workers) if workers[name] < 1]
+        if workers and not missing:
+            resp.media = {"ready": True, "workers": workers}
+            return
+        if missing:
+            reasons = "; ".join(_reason(m) for m in missing)
+            error = NotReady(f"no worker ready for {reasons}", retry_after=1.0)
+        else:
+            error = NotReady("no model is served yet", retry_after=1.0)
+        resp.status = falcon.code_to_http_status(error.status)
+        resp.set_header("Retry-After", "1")
+        resp.media = {**error.to_dict(), "missing": missing, "workers": workers}
+
+
+def _missing(name: str, model: dict[str, Any]) -> dict[str, Any]:
+    return {"model": name, "expected": bool(model.get("expected", False)), "load_error": model.get("load_error")}
+
+
+def _reason(missing: dict[str, Any]) -> str:
+    error = missing["load_error"]
+    return f"{missing['model']} (load error: {error})" if error else missing["model"]

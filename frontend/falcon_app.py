@@ -17,9 +17,11 @@ from typing import Any
 import falcon
 
 from intgrads_zmq.errors import IntgradsError
+from intgrads_zmq.options import Limits
 
 from .broker_pool import BrokerPool
 from .metrics import Metrics
+from .model_limits import ModelLimits
 from .openapi import openapi_document
 from .resources import AttributionResource, HealthResource, ModelsResource, ReadyResource
 from .settings import FrontendSettings
@@ -91,21 +93,36 @@ class RevalidatePage:
 
 
 class OpenAPIResource:
-    def __init__(self, document: dict[str, Any]) -> None:
-        self.document = document
+    """GET /openapi.json, with the bounds the default model's workers enforce."""
+
+    def __init__(self, limits: ModelLimits) -> None:
+        self.limits = limits
+        self._documents: dict[Limits, dict[str, Any]] = {}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = self.document
+        limits = self.limits.for_model(None)
+        if limits not in self._documents:
+            self._documents[limits] = openapi_document(limits)
+        resp.media = self._documents[limits]
 
 
-def create_app(settings: FrontendSettings | None = None) -> falcon.App:
-    """Build the app; broker sockets are opened lazily, per thread, after fork."""
+def create_app(settings: FrontendSettings | None = None, pool: BrokerPool | None = None) -> falcon.App:
+    """Build the app; broker sockets are opened lazily, per thread, after fork.
+
+    ``pool`` hands each thread its broker client; tests pass an in-process one
+    (anything with ``client()`` returning an object with submit/wait/status).
+    """
     settings = settings or FrontendSettings.from_env()
-    pool = BrokerPool(settings.broker, settings.connect_wait)
-    metrics = Metrics(lambda: pool.client().status(timeout=settings.status_timeout))
+    pool = pool or BrokerPool(settings.broker, settings.connect_wait)
+
+    def status() -> dict[str, Any]:
+        return pool.client().status(timeout=settings.status_timeout)
+
+    limits = ModelLimits(status, settings.limits)
+    metrics = Metrics(status)
     app = falcon.App(middleware=[metrics, RevalidatePage()])
     app.req_options.strip_url_path_trailing_slash = False
-    attribution = AttributionResource(pool, settings)
+    attribution = AttributionResource(pool, settings, limits)
     for route in ("/model", "/model/"):
         app.add_route(route, attribution)
     for route in ("/model/{name}", "/model/{name}/"):
@@ -114,7 +131,7 @@ def create_app(settings: FrontendSettings | None = None) -> falcon.App:
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(pool, settings))
     app.add_route("/metrics", metrics)
-    app.add_route("/openapi.json", OpenAPIResource(openapi_document(settings.limits)))
+    app.add_route("/openapi.json", OpenAPIResource(limits))
     app.add_route("/", StaticPage())
     if STATIC.is_dir():
         app.add_static_route("/static", str(STATIC))

@@ -1,0 +1,75 @@
+"""The limits a request is checked against: the serving workers' own.
+
+The workers enforce ``max_steps`` and ``max_length`` (``intgrads --max-steps``
+sets them) and report them to the broker, which lists them per model in its
+status. Checking against those values, rather than against caps of our own,
+keeps one source of truth: what /models offers is what POST /model/ accepts.
+The status is cached for a few seconds per process; the frontend's own
+defaults (INTGRADS_MAX_STEPS, ...) apply only when the broker cannot be asked
+or does not know the model yet. How many texts one HTTP request may carry
+(``max_sequences``) and how long each may be are HTTP-level limits and stay
+the frontend's.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from intgrads_zmq.errors import IntgradsError
+from intgrads_zmq.options import Limits
+
+WORKER_ENFORCED = ("max_steps", "max_length")
+CACHE_SECONDS = 3.0
+
+
+class ModelLimits:
+    """Per-model limits from the broker's status, cached briefly."""
+
+    def __init__(self, status: Callable[[], dict[str, Any]], fallback: Limits,
+                 ttl: float = CACHE_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self._status = status
+        self.fallback = fallback
+        self.ttl = ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._cached: tuple[float, dict[str, Any] | None] | None = None
+
+    def _models(self) -> dict[str, Any] | None:
+        """The status (None when the broker did not answer), at most ``ttl`` old.
+        A failure is cached too, so a down broker does not cost every request
+        a status timeout on top of its own."""
+        now = self._clock()
+        with self._lock:
+            if self._cached is not None and now - self._cached[0] < self.ttl:
+                return self._cached[1]
+        try:
+            status: dict[str, Any] | None = self._status()
+        except IntgradsError:
+            status = None
+        with self._lock:
+            self._cached = (now, status)
+        return status
+
+    def for_model(self, name: str | None) -> Limits:
+        """The limits of ``name`` (None: the broker's default model)."""
+        return limits_in_status(self._models(), name, self.fallback)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def limits_in_status(status: dict[str, Any] | None, name: str | None, fallback: Limits) -> Limits:
+    """``fallback`` with the worker-enforced limits that ``status`` reports for
+    ``name`` (None: the default model); ``fallback`` itself if none are reported."""
+    if not status:
+        return fallback
+    model = status.get("models", {}).get(name or status.get("default_model") or "")
+    reported = model.get("limits") if isinstance(model, dict) else None
+    if not isinstance(reported, dict):
+        return fallback
+    return replace(fallback, **{key: reported[key] for key in WORKER_ENFORCED if _positive_int(reported.get(key))})
