@@ -29,9 +29,9 @@
 #
 #     bash bench/gpu_check.sh [OUTPUT_DIR]
 set -euo pipefail
+mkdir -p "${1:-gpu-check}"
+out=$(cd "${1:-gpu-check}" && pwd)  # before leaving the caller's directory
 cd "$(dirname "$0")/.."
-out=${1:-gpu-check}
-mkdir -p "$out"
 if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
