@@ -1,5 +1,8 @@
-"""Gunicorn settings for ``gunicorn frontend:app`` (picked up from the repo
-root as ./gunicorn.conf.py, or passed with ``-c frontend/gunicorn.conf.py``).
+"""Gunicorn settings for ``gunicorn frontend`` / ``gunicorn frontend:app``.
+
+Applied from any directory: the installed start-up hook (gunicorn_hook.py)
+passes ``-c`` with this file when no configuration is given; from the repo
+root ./gunicorn.conf.py (a link here) is found too; ``-c`` also works.
 
 Threads, not a timeout, keep long requests alive: with the gthread worker the
 arbiter's timeout only watches the worker's main loop, which keeps beating

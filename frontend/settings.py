@@ -28,6 +28,8 @@ class FrontendSettings:
     max_body_bytes: int = 1 << 20
     connect_wait: float = 1.0  # seconds to wait for the broker before a 503
     status_timeout: float = 2.0
+    # Used as given for max_sequences / max_sequence_chars; for max_steps and
+    # max_length only when the broker cannot say what its workers enforce.
     limits: Limits = Limits()
 
     @classmethod
