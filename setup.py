@@ -31,6 +31,12 @@ class EditableWheelWithHook(editable_wheel):
     """``pip install -e .``: the editable wheel holds only a path finder, so the
     .pth is added to the files it installs into site-packages."""
 
+    def run(self) -> None:
+        if not hasattr(editable_wheel, "_run_build_commands"):  # the hook point moved: say so, loudly
+            raise RuntimeError("this setuptools cannot take the gunicorn start-up hook in an editable "
+                               "install; use a setuptools whose editable_wheel has _run_build_commands (84.x has) or pip install .")
+        super().run()
+
     def _run_build_commands(self, dist_name: str, unpacked_wheel: str, build_lib: str, tmp_dir: str) -> tuple:
         outputs = super()._run_build_commands(dist_name, unpacked_wheel, build_lib, tmp_dir)
         _write_pth(str(unpacked_wheel))
