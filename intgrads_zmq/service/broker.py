@@ -32,7 +32,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import zmq
 
@@ -55,6 +55,7 @@ from .security import CurveServer
 
 log = logging.getLogger("intgrads.broker")
 
+T = TypeVar("T")
 MAX_ATTEMPTS = 2  # a request is dispatched at most twice (re-dispatched once)
 POLL_CAP = 0.2  # seconds: how quickly a stop request is noticed
 DISCONNECT_EVERY = 1.0  # seconds between DISCONNECTs to the same unknown worker
@@ -295,11 +296,8 @@ class Broker:
 
     # -- clients --------------------------------------------------------------
     def handle_client(self, client: bytes, frames: list[Any]) -> None:
-        try:
-            message = p.parse(frames, p.CLIENT)
-        except p.ProtocolError as exc:
-            self._count("protocol_errors")
-            self._peer_log(logging.WARNING, "dropped a malformed client message: %s", exc)
+        message = self._decode(lambda: p.parse(frames, p.CLIENT), "dropped a malformed client message: %s")
+        if message is None:
             return
         if message.command == p.Command.STATUS:
             self._send_client(client, p.envelope(p.CLIENT, p.Command.STATUS_REPLY, message.request_id)
@@ -362,11 +360,9 @@ class Broker:
 
     # -- workers --------------------------------------------------------------
     def handle_worker(self, identity: bytes, frames: list[Any]) -> None:
-        try:
-            message = p.parse(frames, p.WORKER)
-        except p.ProtocolError as exc:
-            self._count("protocol_errors")
-            self._peer_log(logging.WARNING, "dropped a malformed message from worker %r: %s", identity[:40], exc)
+        message = self._decode(lambda: p.parse(frames, p.WORKER),
+                               "dropped a malformed message from worker %r: %s", identity[:40])
+        if message is None:
             return
         if message.command == p.Command.READY:
             self._register(identity, message)
@@ -385,11 +381,8 @@ class Broker:
             self.worker_gone(identity, died=False, reason="said goodbye")
 
     def _register(self, identity: bytes, message: p.Message) -> None:
-        try:
-            info = p.WorkerInfo.from_json(message.body[0])
-        except p.ProtocolError as exc:
-            self._count("protocol_errors")
-            self._peer_log(logging.WARNING, "refused worker %r: %s", identity[:40], exc)
+        info = self._decode(lambda: p.WorkerInfo.from_json(message.body[0]), "refused worker %r: %s", identity[:40])
+        if info is None:
             return
         if identity in self.workers:
             self.worker_gone(identity, died=False, reason="re-registered")
@@ -405,11 +398,9 @@ class Broker:
 
     def _load_failed(self, identity: bytes, message: p.Message) -> None:
         """A worker could not load its model: no request waits for it any more."""
-        try:
-            failure = p.LoadFailure.from_json(message.body[0])
-        except p.ProtocolError as exc:
-            self._count("protocol_errors")
-            self._peer_log(logging.WARNING, "dropped a malformed LOAD_FAILED from %r: %s", identity[:40], exc)
+        failure = self._decode(lambda: p.LoadFailure.from_json(message.body[0]),
+                               "dropped a malformed LOAD_FAILED from %r: %s", identity[:40])
+        if failure is None:
             return
         self.model_failed(failure.model, f"worker {p.identity_text(identity)} failed to load it: {failure.error}")
 
@@ -547,6 +538,16 @@ class Broker:
             return True
         except zmq.ZMQError:
             return False
+
+    def _decode(self, decode: Callable[[], T], complaint: str, *args: Any) -> T | None:
+        """``decode()``, or None once a ProtocolError is counted and logged as
+        ``complaint % (*args, error)``: a peer's bad message costs one line."""
+        try:
+            return decode()
+        except p.ProtocolError as exc:
+            self._count("protocol_errors")
+            self._peer_log(logging.WARNING, complaint, *args, exc)
+            return None
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1

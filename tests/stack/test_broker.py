@@ -22,7 +22,15 @@ from intgrads_zmq.errors import (
     WorkerDied,
 )
 from intgrads_zmq.service.broker_client import BrokerClient
-from intgrads_zmq.testing.stack import PYTHON, REPO, base_env, descendants, free_port, start_broker
+from intgrads_zmq.testing.stack import (
+    PYTHON,
+    REPO,
+    base_env,
+    descendants,
+    free_port,
+    start_broker,
+    wait_until,
+)
 from intgrads_zmq.testing.tiny_models import make_tiny_bert
 
 TEXT = "a great film , not boring !"
@@ -100,23 +108,13 @@ def test_a_running_request_past_its_deadline_is_answered_and_its_reply_dropped(p
 def test_kill_9_of_a_busy_worker_redispatches_and_replaces_it(pool):
     with client_for(pool) as client:
         rid = client.submit("SLOW kill " + TEXT, options={"n_steps": 3}, timeout=60)
-        victim = _busy_worker_pid(pool)
+        victim = pool.busy_worker_pid()
         os.kill(victim, signal.SIGKILL)
         outcome = client.wait([rid], 60)[rid]
         assert not isinstance(outcome, IntgradsError), outcome
         status = pool.wait_ready(workers=2)
         assert victim not in [w["pid"] for w in status["workers"]]
         assert client.attribute(TEXT, options={"n_steps": 3}).meta["tokens"]
-
-
-def _busy_worker_pid(broker, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        busy = [w["pid"] for w in broker.status()["workers"] if w["state"] == "busy"]
-        if busy:
-            return busy[0]
-        time.sleep(0.05)
-    raise TimeoutError("no worker became busy")
 
 
 def test_two_workers_compute_in_parallel(tmp_path):
@@ -150,7 +148,7 @@ def test_overload_is_answered_at_once_and_nothing_else_is_lost(tiny_bert_dir):
         broker.wait_ready()
         with client_for(broker) as client:
             first = client.submit("SLOW " + TEXT, options={"n_steps": 2})
-            _busy_worker_pid(broker)
+            broker.busy_worker_pid()
             queued = [client.submit(TEXT, options={"n_steps": 2}) for _ in range(2)]
             started = time.monotonic()
             extra = [client.submit(TEXT, options={"n_steps": 2}) for _ in range(3)]
@@ -250,7 +248,7 @@ def test_kill_9_of_a_worker_with_a_non_ascii_name_is_noticed_through_its_supervi
         broker.wait_ready()
         with client_for(broker) as client:
             rid = client.submit("SLOW kill " + TEXT, model="modèle-é", options={"n_steps": 3}, timeout=60)
-            victim = _busy_worker_pid(broker)
+            victim = broker.busy_worker_pid()
             os.kill(victim, signal.SIGKILL)
             outcome = client.wait([rid], 60)[rid]
             assert not isinstance(outcome, IntgradsError), outcome
@@ -271,10 +269,8 @@ def test_a_model_that_fails_to_load_is_refused_at_once_with_the_reason(tmp_path)
     broker = start_broker(["--model", str(broken), "--name", "broken"], workers=1, folder=tmp_path)
     try:
         with client_for(broker) as client:
-            deadline = time.monotonic() + 60
-            while "failed to load" not in (broker.status()["models"]["broken"]["load_error"] or "") \
-                    and time.monotonic() < deadline:
-                time.sleep(0.2)
+            wait_until(lambda: "failed to load" in (broker.status()["models"]["broken"]["load_error"] or ""),
+                       60, "the load failure to be reported")
             status = broker.status()["models"]["broken"]
             assert status["expected"] and status["workers"] == 0
             assert "config.json" in status["load_error"]  # the worker's own words, sent before it exited

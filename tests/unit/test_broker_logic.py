@@ -23,19 +23,14 @@ from intgrads_zmq.service import protocol as p
 from intgrads_zmq.service.broker import Broker, BrokerSettings
 from intgrads_zmq.service.broker_client import BrokerClient
 from intgrads_zmq.service.processes import EXIT_LOAD_FAILED, WorkerExit
+from intgrads_zmq.testing.stack import wait_until as stack_wait_until
 
 LIMITS = {"max_steps": 300, "max_length": 512, "max_sequence_chars": 100_000, "max_sequences": 64}
 DEFAULTS = {"n_steps": 50, "method": "gausslegendre", "baseline": "pad", "max_length": 512}
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.005)
-    raise TimeoutError("condition not met")
+    return stack_wait_until(condition, timeout, "the broker's state", interval=0.005)
 
 
 class FakeWorker:

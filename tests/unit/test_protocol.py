@@ -88,3 +88,40 @@ def test_replies_with_lying_tensor_headers_are_refused():
 def test_oversized_json_is_refused_before_parsing():
     with pytest.raises(p.ProtocolError, match="exceeds"):
         p.loads(b" " * (p.MAX_JSON_BYTES + 1))
+
+
+def test_worker_info_round_trips_and_only_its_model_name_is_strict():
+    info = p.WorkerInfo("m", description={"architecture": "Bert"}, labels=["a", "b"], limits={"max_steps": 9},
+                        defaults={"n_steps": 3}, pid=7, load_seconds=1.5)
+    assert p.WorkerInfo.from_json(info.to_json()) == info
+    odd = p.WorkerInfo.from_json(p.dumps({"model": "m", "load_seconds": "abc", "device": ["x"], "pid": True,
+                                          "limits": {"nested": {"a": 1}, "max_steps": 5}, "labels": "ab"}))
+    assert (odd.load_seconds, odd.device, odd.pid, odd.limits, odd.labels) == (0.0, None, None, {"max_steps": 5}, [])
+    for bad in ({"labels": []}, {"model": ""}, {"model": "m" * 1000}, {"model": 3}):
+        with pytest.raises(p.ProtocolError, match="READY needs a model name"):
+            p.WorkerInfo.from_json(p.dumps(bad))
+
+
+def test_load_failure_needs_a_model_and_a_reason():
+    failure = p.LoadFailure("m", "OSError: gone")
+    assert p.LoadFailure.from_json(failure.to_json()) == failure
+    with pytest.raises(p.ProtocolError):
+        p.LoadFailure.from_json(p.dumps({"model": "m"}))
+    with pytest.raises(p.ProtocolError):
+        p.LoadFailure.from_json(p.dumps({"error": "x"}))
+
+
+def test_status_keeps_the_keys_frontends_read():
+    model = p.ModelStatus(workers=0, idle=0, queued=1, labels=[], defaults={}, limits={"max_steps": 9},
+                          description={"hidden": 8}, dtype=None, expected=True, load_error="gone")
+    worker = p.WorkerStatus("w.1", "m", "idle", "cpu", "cores", "host", 3, 0, 1.0)
+    status = p.BrokerStatus("m", {"m": model}, [worker], {"answered_ok": 2}, False)
+    data = p.BrokerStatus.dict_from_json(status.to_json())
+    assert set(data) == {"default_model", "models", "workers", "counters", "stopping"}
+    assert set(data["models"]["m"]) == {"workers", "idle", "queued", "labels", "defaults", "limits", "model",
+                                        "description", "dtype", "expected", "load_error"}
+    assert data["models"]["m"]["model"] == {"hidden": 8}
+    assert set(data["workers"][0]) == {"identity", "model", "state", "device", "placement", "host", "pid",
+                                       "served", "up_seconds"}
+    with pytest.raises(p.ProtocolError):
+        p.BrokerStatus.dict_from_json(p.dumps({"models": [], "workers": [], "counters": {}}))
