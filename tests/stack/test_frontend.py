@@ -11,7 +11,14 @@ import time
 import pytest
 import torch
 
-from intgrads_zmq.testing.stack import PYTHON, REPO, base_env, start_broker, start_frontend
+from intgrads_zmq.testing.stack import (
+    PYTHON,
+    REPO,
+    base_env,
+    start_broker,
+    start_frontend,
+    wait_until,
+)
 
 SEED_KEYS = ("integrated_gradients", "intermediate_gradients", "step_sizes", "intermediates")
 EXTRA_KEYS = ("tokens", "probabilities", "target", "f_input", "f_baseline", "completeness_error", "truncated")
@@ -238,3 +245,28 @@ def test_broker_down_gives_503_quickly_and_service_resumes(tiny_bert_dir, tmp_pa
         frontend.stop()
         if broker:
             broker.stop()
+
+
+def test_readyz_names_a_model_that_cannot_load_and_why(tmp_path):
+    """An expected model whose workers fail to load is named in /readyz with
+    the loader's own words (needs the broker's ``load_error``)."""
+    (tmp_path / "empty-model").mkdir()
+    broker = start_broker(["--model", str(tmp_path / "empty-model"), "--name", "broken"], workers=1,
+                          folder=tmp_path)
+    frontend = None
+    try:
+        frontend = start_frontend(broker.frontend, folder=tmp_path)
+
+        def load_error_reported():
+            status, headers, raw = frontend.get("/readyz")
+            body = json.loads(raw)
+            return (status, headers, body) if body.get("missing", [{}])[0].get("load_error") else None
+
+        status, headers, body = wait_until(load_error_reported, 60, "/readyz to report the load error")
+        assert status == 503 and headers["retry-after"] == "1" and body["code"] == "not_ready"
+        assert body["missing"][0]["model"] == "broken" and body["missing"][0]["expected"] is True
+        assert "broken" in body["description"] and "config.json" in body["description"]
+    finally:
+        if frontend:
+            frontend.stop()
+        broker.stop()
