@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -49,19 +48,12 @@ def launch(command: list[str], cwd: Path, broker_endpoint: str, log_folder: Path
     env.pop("GUNICORN_CMD_ARGS", None)
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     frontend = Frontend(process, f"http://127.0.0.1:{port}", log)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"{command} exited (settings not applied?):\n{log.read_text()[-3000:]}")
-        try:
-            if frontend.get("/healthz", timeout=1)[0] == 200:
-                return frontend
-        except OSError:
-            pass
-        time.sleep(0.2)
-    frontend.stop()
-    raise AssertionError(f"{command} is not serving on port {port} from INTGRADS_BIND "
-                         f"(settings not applied?):\n{log.read_text()[-3000:]}")
+    try:  # not serving on INTGRADS_BIND's port means our settings were not applied
+        frontend.wait_serving(60)
+    except (RuntimeError, TimeoutError):
+        frontend.stop()
+        raise
+    return frontend
 
 
 def assert_serves_with_our_settings(frontend: Frontend) -> None:
