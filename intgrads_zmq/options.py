@@ -29,8 +29,15 @@ TENSOR_FIELDS = (
     "step_sizes",
     "intermediates",
 )
-OPTION_NAMES = ("target", "n_steps", "method", "baseline", "max_length", "seed")
+OPTION_NAMES = ("target", "n_steps", "method", "baseline", "max_length", "seed", "tolerance")
 MAX_SEED = 2**63 - 1
+# ``n_steps: "auto"`` integrates adaptively to ``tolerance`` (relative error of
+# the per-token attributions). The reply names the rule it used; requests
+# never choose it through ``method``.
+AUTO_STEPS = "auto"
+ADAPTIVE_METHOD = "gausskronrod_adaptive"
+DEFAULT_TOLERANCE = 0.01
+TOLERANCE_RANGE = (1e-4, 0.5)
 
 
 @dataclass(frozen=True)
@@ -51,12 +58,18 @@ class AttributionOptions:
     """Fully resolved options for one attribution (defaults filled in)."""
 
     target: int | str | None = None
-    n_steps: int = 50
+    n_steps: int | str = 50  # or AUTO_STEPS
     method: str = "gausslegendre"
     baseline: str = "pad"
     max_length: int = 512
     seed: int = 0
     fields: tuple[str, ...] = field(default=TENSOR_FIELDS)
+    tolerance: float = DEFAULT_TOLERANCE  # used only when n_steps is "auto"
+    step_budget: int = Limits.max_steps  # most evaluations "auto" may pay; the server's max_steps
+
+    @property
+    def adaptive(self) -> bool:
+        return self.n_steps == AUTO_STEPS
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -88,6 +101,44 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def validate_steps(value: Any, limits: Limits) -> int | str:
+    """A step count within the server's limit, or ``"auto"``."""
+    if value == AUTO_STEPS:
+        return AUTO_STEPS
+    if isinstance(value, str):
+        raise BadRequest(
+            f"'n_steps' must be an integer or \"auto\", got {_describe(value)}", field="n_steps"
+        )
+    return _require_int("n_steps", value, 1, limits.max_steps)
+
+
+def validate_tolerance(value: Any) -> float:
+    """A relative error target for ``n_steps: "auto"``, within TOLERANCE_RANGE."""
+    low, high = TOLERANCE_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadRequest(f"'tolerance' must be a number, got {_describe(value)}", field="tolerance")
+    if not low <= value <= high:
+        raise BadRequest(f"'tolerance' must be between {low:g} and {high:g}, got {value:g}", field="tolerance")
+    return float(value)
+
+
+def check_steps_for_method(n_steps: Any, method: Any) -> None:
+    """The one place that knows which step counts a method cannot use."""
+    if method == "riemann_trapezoid" and n_steps == 1:
+        raise BadRequest("'n_steps' must be at least 2 for riemann_trapezoid", field="n_steps")
+
+
+def check_auto_method(n_steps: Any, requested: Mapping[str, Any]) -> None:
+    """``auto`` places its own Gauss-Kronrod nodes: a fixed-grid method asked for with it is a mistake."""
+    method = requested.get("method")
+    if n_steps == AUTO_STEPS and method is not None and method != "gausslegendre":
+        raise BadRequest(
+            f"'method' {method} needs an integer 'n_steps'; n_steps \"auto\" chooses its own "
+            "Gauss-Kronrod nodes (leave 'method' out or use gausslegendre)",
+            field="method",
+        )
+
+
 def validate_target(value: Any) -> int | str | None:
     """A class index (int >= 0), a label name (non-empty str) or None."""
     if value is None:
@@ -109,7 +160,9 @@ def validate_options(raw: Mapping[str, Any], limits: Limits) -> dict[str, Any]:
     if "target" in raw:
         out["target"] = validate_target(raw["target"])
     if "n_steps" in raw:
-        out["n_steps"] = _require_int("n_steps", raw["n_steps"], 1, limits.max_steps)
+        out["n_steps"] = validate_steps(raw["n_steps"], limits)
+    if "tolerance" in raw:
+        out["tolerance"] = validate_tolerance(raw["tolerance"])
     if "method" in raw:
         out["method"] = _require_choice("method", raw["method"], METHODS)
     if "baseline" in raw:
@@ -120,8 +173,8 @@ def validate_options(raw: Mapping[str, Any], limits: Limits) -> dict[str, Any]:
         out["seed"] = _require_int("seed", raw["seed"], 0, MAX_SEED)
     if "fields" in raw:
         out["fields"] = validate_fields(raw["fields"])
-    if out.get("method") == "riemann_trapezoid" and out.get("n_steps") == 1:
-        raise BadRequest("'n_steps' must be at least 2 for riemann_trapezoid", field="n_steps")
+    check_steps_for_method(out.get("n_steps"), out.get("method"))
+    check_auto_method(out.get("n_steps"), out)
     return out
 
 
@@ -150,8 +203,10 @@ def resolve_options(
         name = sorted(unknown)[0]
         raise BadRequest(f"unknown option '{name}'", field=name)
     options = replace(defaults, **checked)
-    if options.method == "riemann_trapezoid" and options.n_steps < 2:
-        raise BadRequest("'n_steps' must be at least 2 for riemann_trapezoid", field="n_steps")
+    check_steps_for_method(options.n_steps, options.method)
+    check_auto_method(options.n_steps, checked)
+    if options.step_budget != limits.max_steps:
+        options = replace(options, step_budget=limits.max_steps)
     if options.max_length > limits.max_length:
         options = replace(options, max_length=limits.max_length)
     return options

@@ -16,10 +16,11 @@ import torch
 
 from ..errors import BadRequest, DeadlineExceeded
 from ..models.base import ClassifierAdapter
-from ..options import AttributionOptions
+from ..options import ADAPTIVE_METHOD, AttributionOptions
+from .adaptive import AdaptiveResult, integrate_adaptive
 from .baselines import make_baseline
 from .memory import ChunkPlanner
-from .path import BeforeChunk, integrate_path, precision_context
+from .path import BeforeChunk, PathProgress, integrate_path, precision_context
 from .rules import path_rule
 
 
@@ -63,9 +64,16 @@ def attribute(
     dtype: str = "float32",
     deadline: float | None = None,
     before_chunk: BeforeChunk | None = None,
+    progress: PathProgress | None = None,
 ) -> AttributionResult:
-    """Compute every output for ``text`` in one pass over the path."""
+    """Compute every output for ``text`` in one pass over the path.
+
+    With ``n_steps: "auto"`` the pass runs in rounds (see :mod:`.adaptive`);
+    ``progress`` (optional) is updated with steps done and planned before
+    each chunk's hook call.
+    """
     started = time.perf_counter()
+    progress = progress if progress is not None else PathProgress()
     hooks = _chunk_hooks(deadline, before_chunk)
     encoded = adapter.encode(text, options.max_length)
     layer_input = adapter.layer_output(encoded.input_ids, encoded).float()
@@ -78,25 +86,41 @@ def attribute(
     probabilities = torch.softmax(ends[0], dim=-1)
     target = resolve_target(options.target, adapter.labels, int(probabilities.argmax()))
 
-    alphas, weights = path_rule(options.method, options.n_steps)
-    path = integrate_path(
-        adapter,
-        encoded,
-        layer_input,
-        baseline,
-        alphas,
-        weights,
-        target,
-        planner=planner,
-        dtype=dtype,
-        keep_gradients="intermediate_gradients" in options.fields,
-        before_chunk=hooks,
-    )
-    diff_cpu = (layer_input - baseline).cpu()
-    integrated = diff_cpu * path.weighted_gradients
     f_input, f_baseline = float(ends[0, target]), float(ends[1, target])
+    diff_cpu = (layer_input - baseline).cpu()
 
-    tensors = _tensors(options, integrated, path.gradients, weights, alphas, baseline, diff_cpu)
+    def run_nodes(alphas: Any, weights: Any, keep: bool) -> Any:
+        return integrate_path(
+            adapter, encoded, layer_input, baseline, alphas, weights, target,
+            planner=planner, dtype=dtype, keep_gradients=keep, before_chunk=hooks, progress=progress,
+        )  # fmt: skip
+
+    adaptive: AdaptiveResult | None = None
+    if options.adaptive:
+        adaptive = integrate_adaptive(
+            lambda a, w: run_nodes(a, w, True),
+            delta=f_input - f_baseline,
+            tolerance=options.tolerance,
+            budget=options.step_budget,
+            progress=progress,
+        )
+        alphas, weights, gradients = adaptive.alphas, adaptive.weights, adaptive.gradients
+        step_sizes = torch.tensor(weights, dtype=torch.float32).view(-1, 1)
+        # The seed's recipe, literally, so it holds exactly on the reply.
+        integrated = (gradients * step_sizes[:, :, None]).sum(0) * diff_cpu
+        integrand = adaptive.integrand
+        chunk_steps, chunks = adaptive.chunk_steps, adaptive.chunks
+        if "intermediate_gradients" not in options.fields:
+            gradients = None
+    else:
+        alphas, weights = path_rule(options.method, options.n_steps)
+        progress.total = len(alphas)
+        path = run_nodes(alphas, weights, "intermediate_gradients" in options.fields)
+        integrated = diff_cpu * path.weighted_gradients
+        gradients, integrand = path.gradients, path.integrand
+        chunk_steps, chunks = path.chunk_steps, path.chunks
+
+    tensors = _tensors(options, integrated, gradients, weights, alphas, baseline, diff_cpu)
     total = float(integrated.sum(dtype=torch.float64))
     delta = f_input - f_baseline
     meta = {
@@ -119,14 +143,33 @@ def attribute(
         "dtype": dtype,
         "attributions": [float(v) for v in integrated[0].sum(dim=-1, dtype=torch.float64)],
         "alphas": [float(a) for a in alphas],
-        "path_integrand": [float(v) for v in path.integrand],
+        "path_integrand": [float(v) for v in integrand],
         "timings": {
             "compute_seconds": time.perf_counter() - started,
-            "chunk_steps": path.chunk_steps,
-            "chunks": path.chunks,
+            "chunk_steps": chunk_steps,
+            "chunks": chunks,
         },
     }
+    if adaptive is not None:
+        meta.update(_adaptive_meta(adaptive, options))
     return AttributionResult(tensors=tensors, meta=meta)
+
+
+def _adaptive_meta(adaptive: AdaptiveResult, options: AttributionOptions) -> dict[str, Any]:
+    """What the adaptive integration did: paid evaluations, nodes kept, estimates."""
+    return {
+        "n_steps": adaptive.evaluations,
+        "nodes_used": len(adaptive.alphas),
+        "method": ADAPTIVE_METHOD,
+        "requested_steps": "auto",
+        "tolerance": options.tolerance,
+        "step_budget": options.step_budget,
+        "error_estimate": adaptive.error_estimate,
+        "completeness": adaptive.completeness,
+        "converged": adaptive.converged,
+        "rounds": adaptive.rounds,
+        "step_sizes": [float(w) for w in adaptive.weights],
+    }
 
 
 def _tensors(

@@ -25,12 +25,26 @@ BeforeChunk = Callable[[int], None]
 
 
 @dataclass
+class PathProgress:
+    """Steps paid so far and the total planned, updated before each chunk's hook call.
+
+    The hook keeps its one-argument form (the chunk's size); a hook that wants
+    to report progress closes over this object. ``total`` can grow between
+    rounds of an adaptive integration.
+    """
+
+    done: int = 0
+    total: int = 0
+
+
+@dataclass
 class PathResult:
     """Everything the pass produced, on the CPU, float32."""
 
     weighted_gradients: torch.Tensor  # (1, T, H): sum_k w_k g_k
     gradients: torch.Tensor | None  # (n, T, H) if kept
     integrand: np.ndarray  # (n,): sum over tokens and hidden of g_k * (x - x')
+    token_integrand: np.ndarray  # (n, T): sum over hidden of g_k * (x - x'), float64
     chunk_steps: int
     chunks: int
 
@@ -81,6 +95,7 @@ def integrate_path(
     dtype: str,
     keep_gradients: bool,
     before_chunk: BeforeChunk | None = None,
+    progress: PathProgress | None = None,
 ) -> PathResult:
     """Run the path in memory-bounded chunks; halve a chunk that runs out of memory."""
     device = layer_input.device
@@ -94,6 +109,7 @@ def integrate_path(
 
     weighted = torch.zeros((1, tokens, width), dtype=torch.float32, device=device)
     integrand = torch.empty(n_steps, dtype=torch.float64, device=device)
+    token_integrand = torch.empty((n_steps, tokens), dtype=torch.float64, device=device)
     gradients = None
     if keep_gradients:
         pin = device.type == "cuda"
@@ -121,9 +137,12 @@ def integrate_path(
             continue
         weighted += (grads * weight_dev[start:stop, None, None]).sum(0, keepdim=True)
         integrand[start:stop] = (grads * diff).sum(dim=(1, 2), dtype=torch.float64)
+        token_integrand[start:stop] = (grads * diff).sum(dim=2, dtype=torch.float64)
         if gradients is not None:
             gradients[start:stop].copy_(grads, non_blocking=True)
         del grads, points
+        if progress is not None:
+            progress.done += stop - start
         start = stop
         chunks += 1
     if device.type == "cuda":
@@ -132,6 +151,7 @@ def integrate_path(
         weighted_gradients=weighted.cpu(),
         gradients=gradients,
         integrand=integrand.cpu().numpy(),
+        token_integrand=token_integrand.cpu().numpy(),
         chunk_steps=chunk,
         chunks=chunks,
     )

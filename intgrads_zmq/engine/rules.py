@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..options import METHODS
+from ..options import METHODS, check_steps_for_method
 
 
 def path_rule(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(alphas, weights)`` in float64, each of length ``n_steps``."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}")
+    check_steps_for_method(n_steps, method)
     n = int(n_steps)
     if method == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(n)
         return 0.5 * (nodes + 1.0), 0.5 * weights
     if method == "riemann_trapezoid":
-        if n < 2:
-            raise ValueError("riemann_trapezoid needs at least 2 steps")
         weights = np.full(n, 1.0 / (n - 1))
         weights[[0, -1]] *= 0.5
         return np.linspace(0.0, 1.0, n), weights

@@ -5,6 +5,7 @@ import pytest
 from captum.attr._utils.approximation_methods import approximation_parameters
 
 from intgrads_zmq.engine.rules import path_rule
+from intgrads_zmq.errors import BadRequest
 from intgrads_zmq.options import METHODS
 
 
@@ -50,5 +51,6 @@ def test_gauss_legendre_integrates_polynomials_exactly():
 def test_unknown_method_and_short_trapezoid_are_refused():
     with pytest.raises(ValueError):
         path_rule("simpson", 10)
-    with pytest.raises(ValueError):
+    with pytest.raises(BadRequest, match="at least 2") as caught:
         path_rule("riemann_trapezoid", 1)
+    assert caught.value.field == "n_steps"

@@ -1,0 +1,190 @@
+"""Integrate the path to a stated accuracy: global adaptive Gauss-Kronrod.
+
+The integrand is a vector, one value per token: v(a)_t = sum_h g_{t,h}(a)
+(x - x')_{t,h}, and the per-token attribution is its integral over [0, 1].
+Each sub-interval gets the 15-point Kronrod rule (its 7 Gauss nodes included,
+so the 7-point estimate is free). Rounds bisect the sub-intervals with the
+largest estimated error until the estimate of ||a_est - a_true||_2 /
+||a_true||_2 and the completeness gap are both within the tolerance, or the
+step budget is spent. All the new nodes of a round go through the model
+together (one chunked pass). Children do not reuse their parent's nodes, so a
+bisected parent's evaluations are paid for (counted in ``evaluations``) but
+dropped from the result: the returned nodes, weights and gradients are those
+of the final sub-intervals only, so the weighted gradients are exactly the
+integral that is returned.
+
+Error estimate, per sub-interval and per token: |K - G| measures the 7-point
+rule's error, but K15 is far better than G7 (degree 22 against 13), so it is
+scaled the way QUADPACK does: resasc * min(1, (c |K - G| / resasc)^1.5),
+where resasc = integral of |v - mean v| (the variation K15 has to capture).
+For an analytic integrand the K15 error shrinks like the G7 error to the
+power ~23/14, hence the exponent. ``ERROR_SCALE`` is our calibration against
+a 256-node Gauss-Legendre reference (demo model, 20 review sentences, 1 %
+tolerance): with 0.5 the worst achieved error was 0.06 % (pad baseline, 30
+evaluations) and 0.56 % (zero, median 120 evaluations); 1 and 2 cost 25 % and
+75 % more evaluations for zero, and QUADPACK's 200 (made for absolute
+tolerances near double precision) ran every zero input to the 300-step budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .kronrod import KRONROD_POINTS, gauss_kronrod
+from .path import PathProgress, PathResult
+
+ERROR_SCALE = 0.5
+ERROR_POWER = 1.5
+# The first round evaluates [0, 1/2] and [1/2, 1] (30 nodes): on the demo
+# model a single 15-node interval is rarely enough at 1 % and its nodes are
+# lost when it is bisected, so starting with two saves 15 evaluations.
+INITIAL_PIECES = 2
+
+# (alphas, weights) -> the pass over those nodes; gradients must be kept.
+RunNodes = Callable[[np.ndarray, np.ndarray], PathResult]
+
+
+@dataclass
+class Piece:
+    """One sub-interval [lo, hi] with its 15 evaluations and its estimates."""
+
+    lo: float
+    hi: float
+    alphas: np.ndarray  # (15,)
+    weights: np.ndarray  # (15,) Kronrod weights scaled to the interval
+    values: np.ndarray  # (15, T) per-token integrand, float64
+    gradients: torch.Tensor  # (15, T, H) float32, CPU
+    kronrod: np.ndarray  # (T,)
+    error: np.ndarray  # (T,) scaled error estimate, >= 0
+
+    @property
+    def size(self) -> float:
+        return float(np.linalg.norm(self.error))
+
+
+@dataclass
+class AdaptiveResult:
+    """The final sub-intervals' nodes (ascending) and what the integration did."""
+
+    alphas: np.ndarray
+    weights: np.ndarray
+    gradients: torch.Tensor  # (n, T, H) at ``alphas``
+    integrand: np.ndarray  # (n,) summed over tokens
+    evaluations: int
+    error_estimate: float
+    completeness: float
+    converged: bool
+    rounds: int
+    chunk_steps: int
+    chunks: int
+
+
+def interval_nodes(lo: float, hi: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Kronrod nodes and both weight sets mapped onto [lo, hi]."""
+    nodes, kronrod_w, gauss_w = gauss_kronrod()
+    half = 0.5 * (hi - lo)
+    return lo + half * (nodes + 1.0), half * kronrod_w, half * gauss_w
+
+
+def estimate(values: np.ndarray, kronrod_w: np.ndarray, gauss_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-token Kronrod integral and its scaled error estimate on one interval."""
+    kronrod = kronrod_w @ values
+    gauss = gauss_w @ values
+    width = kronrod_w.sum()
+    resasc = kronrod_w @ np.abs(values - kronrod / width)
+    raw = np.abs(kronrod - gauss)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scaled = resasc * np.minimum(1.0, (ERROR_SCALE * raw / resasc) ** ERROR_POWER)
+    error = np.where(resasc > 0, scaled, raw)
+    return kronrod, np.nan_to_num(error, nan=np.inf)
+
+
+def relative_errors(pieces: list[Piece], delta: float) -> tuple[float, float]:
+    """(error estimate of the per-token attributions, completeness gap), both relative."""
+    total = np.sum([p.kronrod for p in pieces], axis=0)
+    error = np.sum([p.error for p in pieces], axis=0)
+    norm = float(np.linalg.norm(total))
+    estimate_rel = float(np.linalg.norm(error)) / norm if norm > 0 else float(np.linalg.norm(error) > 0) * np.inf
+    scale = max(abs(delta), norm)
+    completeness = abs(float(total.sum()) - delta) / scale if scale > 0 else 0.0
+    return estimate_rel, completeness
+
+
+def choose_splits(pieces: list[Piece], target: float, affordable: int) -> list[int]:
+    """Indices to bisect, largest error first, until the rest is under half the target."""
+    order = sorted(range(len(pieces)), key=lambda i: pieces[i].size, reverse=True)
+    remaining = np.sum([p.error for p in pieces], axis=0)
+    chosen: list[int] = []
+    for index in order[:affordable]:
+        chosen.append(index)
+        remaining = remaining - pieces[index].error
+        if np.linalg.norm(remaining) <= 0.5 * target:
+            break
+    return chosen
+
+
+def integrate_adaptive(
+    run_nodes: RunNodes,
+    *,
+    delta: float,
+    tolerance: float,
+    budget: int,
+    progress: PathProgress,
+) -> AdaptiveResult:
+    """Bisect until both relative errors are within ``tolerance`` or ``budget`` is spent."""
+    edges = np.linspace(0.0, 1.0, INITIAL_PIECES + 1)
+    bounds = [(float(a), float(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    pieces: list[Piece] = []
+    evaluations = rounds = chunk_steps = chunks = 0
+    while bounds:
+        progress.total = evaluations + KRONROD_POINTS * len(bounds)
+        new, path = _evaluate(run_nodes, bounds)
+        pieces.extend(new)
+        evaluations += KRONROD_POINTS * len(bounds)
+        rounds += 1
+        chunk_steps, chunks = path.chunk_steps, chunks + path.chunks
+        estimate_rel, completeness = relative_errors(pieces, delta)
+        if estimate_rel <= tolerance and completeness <= tolerance:
+            break
+        affordable = (budget - evaluations) // (2 * KRONROD_POINTS)
+        if affordable < 1:
+            break
+        norm = float(np.linalg.norm(np.sum([p.kronrod for p in pieces], axis=0)))
+        chosen = choose_splits(pieces, tolerance * norm, affordable)
+        bounds = []
+        for index in sorted(chosen, reverse=True):
+            parent = pieces.pop(index)
+            middle = 0.5 * (parent.lo + parent.hi)
+            bounds += [(parent.lo, middle), (middle, parent.hi)]
+    pieces.sort(key=lambda p: p.lo)
+    return AdaptiveResult(
+        alphas=np.concatenate([p.alphas for p in pieces]),
+        weights=np.concatenate([p.weights for p in pieces]),
+        gradients=torch.cat([p.gradients for p in pieces]),
+        integrand=np.concatenate([p.values.sum(axis=1) for p in pieces]),
+        evaluations=evaluations,
+        error_estimate=estimate_rel,
+        completeness=completeness,
+        converged=bool(estimate_rel <= tolerance and completeness <= tolerance),
+        rounds=rounds,
+        chunk_steps=chunk_steps,
+        chunks=chunks,
+    )
+
+
+def _evaluate(run_nodes: RunNodes, bounds: list[tuple[float, float]]) -> tuple[list[Piece], PathResult]:
+    """One pass through the model for every new sub-interval of a round."""
+    rules = [interval_nodes(lo, hi) for lo, hi in bounds]
+    path = run_nodes(np.concatenate([r[0] for r in rules]), np.concatenate([r[1] for r in rules]))
+    assert path.gradients is not None, "the adaptive rule needs the per-node gradients"
+    pieces = []
+    for k, ((lo, hi), (alphas, kronrod_w, gauss_w)) in enumerate(zip(bounds, rules, strict=True)):
+        rows = slice(k * KRONROD_POINTS, (k + 1) * KRONROD_POINTS)
+        values = path.token_integrand[rows]
+        kronrod, error = estimate(values, kronrod_w, gauss_w)
+        pieces.append(Piece(lo, hi, alphas, kronrod_w, values, path.gradients[rows], kronrod, error))
+    return pieces, path
