@@ -20,6 +20,7 @@ from intgrads_zmq.encoding.gzip_stream import gzip_chunks
 from intgrads_zmq.encoding.safetensors_format import write_safetensors
 from intgrads_zmq.encoding.torchsave import torch_save_chunks
 from intgrads_zmq.errors import BadRequest
+from intgrads_zmq.options import TENSOR_FIELDS
 from intgrads_zmq.payload import AttributionPayload, RawTensor
 
 
@@ -141,7 +142,6 @@ def encode(payloads: Sequence[AttributionPayload], fmt: str, *, batch: bool) -> 
 
 # --- torch -----------------------------------------------------------------
 
-TENSOR_NAMES = ("integrated_gradients", "intermediate_gradients", "step_sizes", "intermediates")
 # Meta keys the torch dict carries, in this order, after the tensors. Timings
 # and the per-step diagnostics stay out: the dict mirrors the original server's.
 TORCH_META_KEYS = (
@@ -153,7 +153,7 @@ TORCH_META_KEYS = (
 
 def _ordered_tensors(payload: AttributionPayload) -> dict[str, RawTensor]:
     """Known tensors in the original server's order, then any others as given."""
-    ordered = {name: payload.tensors[name] for name in TENSOR_NAMES if name in payload.tensors}
+    ordered = {name: payload.tensors[name] for name in TENSOR_FIELDS if name in payload.tensors}
     ordered.update((k, v) for k, v in payload.tensors.items() if k not in ordered)
     return ordered
 
