@@ -203,7 +203,10 @@ def main() -> None:
     our_flops = model_flops(
         theirs.config, args.tokens, args.steps, cls_only_last_layer=ours.kind == "bert"
     )
-    fp32_rate, bf16_rate = matmul_rate(torch.float32, device), matmul_rate(torch.bfloat16, device)
+    rates = {"float32": matmul_rate(torch.float32, device)}
+    if "bf16" in dtypes:
+        rates["bf16"] = matmul_rate(torch.bfloat16, device)
+    fp32_rate = rates["float32"]
     where = (
         torch.cuda.get_device_name(device)
         if device.type == "cuda"
@@ -219,14 +222,12 @@ def main() -> None:
             f"  {name:18s} median {medians[name] * 1e3:9.1f} ms per request   "
             f"runs {', '.join(f'{v:.3f}' for v in values)} s"
         )
-    print(
-        f"IG relative difference vs Captum: float32 {checks['float32']:.1e}, bf16 {checks['bf16']:.1e}"
-    )
-    for name, rate in (("ours float32", fp32_rate), ("ours bf16", bf16_rate)):
-        achieved = flops / medians[name]
+    print("IG relative difference vs Captum: " + ", ".join(f"{d} {checks[d]:.1e}" for d in dtypes))
+    for dtype in dtypes:
+        achieved, rate = flops / medians[f"ours {dtype}"], rates[dtype]
         print(
-            f"{name}: {achieved / 1e9:.0f} GFLOP/s achieved = {achieved / rate:.0%} of a 4096^3 "
-            f"{'float32' if 'float32' in name else 'bf16'} matmul ({rate / 1e9:.0f} GFLOP/s)"
+            f"ours {dtype}: {achieved / 1e9:.0f} GFLOP/s achieved = {achieved / rate:.0%} of a 4096^3 "
+            f"{dtype} matmul ({rate / 1e9:.0f} GFLOP/s)"
         )
     floor = our_flops / fp32_rate
     print(
@@ -235,7 +236,8 @@ def main() -> None:
         f"ours spends {medians['ours float32'] - floor:.2f} s outside them"
     )
     print(f"best Captum: {best_captum[1]} at {best_captum[0]:.2f} s")
-    print(f"captum/ours bf16: {best_captum[0] / medians['ours bf16']:.2f}x")
+    if "bf16" in dtypes:
+        print(f"captum/ours bf16: {best_captum[0] / medians['ours bf16']:.2f}x")
     print(f"captum/ours float32: {best_captum[0] / medians['ours float32']:.2f}x")
 
 
