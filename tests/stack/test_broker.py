@@ -22,6 +22,7 @@ from intgrads_zmq.errors import (
     WorkerDied,
 )
 from intgrads_zmq.service.broker_client import BrokerClient
+from intgrads_zmq.service.processes import EXIT_LOAD_FAILED
 from intgrads_zmq.testing.stack import (
     PYTHON,
     REPO,
@@ -106,15 +107,23 @@ def test_a_running_request_past_its_deadline_is_answered_and_its_reply_dropped(p
 
 
 def test_kill_9_of_a_busy_worker_redispatches_and_replaces_it(pool):
+    kill_the_busy_worker(pool)
     with client_for(pool) as client:
-        rid = client.submit("SLOW kill " + TEXT, options={"n_steps": 3}, timeout=60)
-        victim = pool.busy_worker_pid()
+        assert client.attribute(TEXT, options={"n_steps": 3}).meta["tokens"]
+
+
+def kill_the_busy_worker(broker, model=None):
+    """kill -9 the worker holding a request: the request is still answered, the
+    worker replaced. Returns the status once it is."""
+    with client_for(broker) as client:
+        rid = client.submit("SLOW kill " + TEXT, model=model, options={"n_steps": 3}, timeout=60)
+        victim = broker.busy_worker_pid()
         os.kill(victim, signal.SIGKILL)
         outcome = client.wait([rid], 60)[rid]
-        assert not isinstance(outcome, IntgradsError), outcome
-        status = pool.wait_ready(workers=2)
-        assert victim not in [w["pid"] for w in status["workers"]]
-        assert client.attribute(TEXT, options={"n_steps": 3}).meta["tokens"]
+    assert not isinstance(outcome, IntgradsError), outcome
+    status = broker.wait_ready(workers=2)
+    assert victim not in [w["pid"] for w in status["workers"]]
+    return status
 
 
 def test_two_workers_compute_in_parallel(tmp_path):
@@ -246,15 +255,8 @@ def test_kill_9_of_a_worker_with_a_non_ascii_name_is_noticed_through_its_supervi
                           extra_args=["--heartbeat", "5"])
     try:
         broker.wait_ready()
-        with client_for(broker) as client:
-            rid = client.submit("SLOW kill " + TEXT, model="modèle-é", options={"n_steps": 3}, timeout=60)
-            victim = broker.busy_worker_pid()
-            os.kill(victim, signal.SIGKILL)
-            outcome = client.wait([rid], 60)[rid]
-            assert not isinstance(outcome, IntgradsError), outcome
-            status = broker.wait_ready(workers=2)
-            assert victim not in [w["pid"] for w in status["workers"]]
-            assert all(w["identity"].startswith("modèle-é-w") for w in status["workers"])
+        status = kill_the_busy_worker(broker, model="modèle-é")
+        assert all(w["identity"].startswith("modèle-é-w") for w in status["workers"])
         log = broker.log_text()
         assert "removed: process exited with code -9" in log
         assert "missed heartbeats" not in log
@@ -277,5 +279,6 @@ def test_a_model_that_fails_to_load_is_refused_at_once_with_the_reason(tmp_path)
             with pytest.raises(NoWorkers, match="config.json") as caught:
                 client.attribute(TEXT, timeout=600)
             assert caught.value.retry_after
+        wait_until(lambda: f"exited with code {EXIT_LOAD_FAILED}" in broker.log_text(), 30, "the worker's exit")
     finally:
         broker.stop()
