@@ -14,7 +14,7 @@ const OK_ABSOLUTE = 1e-4;
 // Which form control to mark when the server names a field.
 const FIELD_INPUTS = {
   sequence: "text", sequences: "text", n_steps: "n_steps", method: "method",
-  baseline: "baseline", target: "target",
+  baseline: "baseline", target: "target", tolerance: "tolerance",
 };
 
 const state = {
@@ -171,12 +171,27 @@ function applyModel(resetForm = true) {
   const defaults = resetForm ? model.defaults || {} : {};
   if (defaults.baseline) $("#baseline").value = defaults.baseline;
   if (defaults.method) $("#method").value = defaults.method;
-  if (defaults.n_steps) $("#n_steps").value = defaults.n_steps;
+  // The page asks for auto steps by default; a server's integer default fills the fixed field.
+  if (Number.isInteger(defaults.n_steps)) $("#n_steps").value = defaults.n_steps;
+  if (resetForm) $("#steps_mode").value = "auto";
+  if (typeof defaults.tolerance === "number") $("#tolerance").value = defaults.tolerance;
   const maxSteps = (model.limits || {}).max_steps;
   if (maxSteps) {
     $("#n_steps").max = maxSteps;
     $("#max-steps").textContent = maxSteps;
+    $("#step-budget").textContent = maxSteps;
   }
+  applyStepsMode();
+}
+
+// auto: the tolerance matters and the method is the adaptive rule's own;
+// fixed: the number of steps and the method matter.
+function applyStepsMode() {
+  const auto = $("#steps_mode").value === "auto";
+  $("#tolerance-field").hidden = !auto;
+  $("#steps-field").hidden = auto;
+  $("#method").disabled = auto;
+  $("#method").title = auto ? "auto steps use adaptive Gauss–Kronrod" : "";
 }
 
 // --- the request --------------------------------------------------------
@@ -184,11 +199,18 @@ function applyModel(resetForm = true) {
 function buildRequest() {
   const model = $("#model").value;
   const body = { sequence: $("#text").value };
-  const steps = $("#n_steps");
   // An unparsable number reaches the server as null so that its 400 names the field.
-  if (steps.validity.badInput) body.n_steps = null;
-  else if (steps.value.trim() !== "") body.n_steps = Number(steps.value);
-  body.method = $("#method").value;
+  if ($("#steps_mode").value === "auto") {
+    body.n_steps = "auto";
+    const tolerance = $("#tolerance");
+    if (tolerance.validity.badInput) body.tolerance = null;
+    else if (tolerance.value.trim() !== "") body.tolerance = Number(tolerance.value);
+  } else {
+    const steps = $("#n_steps");
+    if (steps.validity.badInput) body.n_steps = null;
+    else if (steps.value.trim() !== "") body.n_steps = Number(steps.value);
+    body.method = $("#method").value;
+  }
   body.baseline = $("#baseline").value;
   if ($("#target").value) body.target = $("#target").value;
   const path = model ? `model/${encodeURIComponent(model)}/` : "model/";
@@ -288,12 +310,32 @@ function render(data, request, seconds) {
     `${data.method}, ${data.n_steps} steps, baseline ${data.baseline}`,
     `computed in ${fmt(timings.compute_seconds, 3)} s (round trip ${seconds.toFixed(2)} s)`,
   ].join(" · ");
+  renderAccuracy(data);
   renderPrediction(data);
   renderCompleteness(data);
   renderTokens(data);
   renderIntegrand(data);
   $("#download-status").textContent = "";
   $("#results-title").focus();
+}
+
+// For n_steps "auto": the steps paid, the error estimate against the
+// tolerance, and a plain warning when the tolerance was not met.
+function renderAccuracy(data) {
+  const line = $("#accuracy");
+  const warning = $("#tolerance-warning");
+  const auto = typeof data.error_estimate === "number" && typeof data.tolerance === "number";
+  line.hidden = !auto;
+  warning.hidden = !auto || data.converged === true;
+  if (!auto) return;
+  line.textContent = `auto steps: ${data.n_steps} evaluated, ${data.nodes_used} nodes used · estimated error `
+    + `${fmt(100 * data.error_estimate, 2)} % (tolerance ${fmt(100 * data.tolerance, 2)} %) · completeness gap `
+    + `${fmt(100 * data.completeness, 2)} %`;
+  warning.textContent = data.converged ? "" : `⚠ Tolerance not met: after ${data.n_steps} steps (the server's `
+    + `budget${data.step_budget ? ` of ${data.step_budget}` : ""}) the estimated error is `
+    + `${fmt(100 * Math.max(data.error_estimate, data.completeness), 2)} %, above the tolerance of `
+    + `${fmt(100 * data.tolerance, 2)} %. The attributions shown are the best estimate; treat small `
+    + "differences between tokens with care, or try another baseline.";
 }
 
 function renderPrediction(data) {
@@ -523,6 +565,14 @@ function renderIntegrand(data) {
     dots.append(dot);
   });
   plot.append(dots);
+  if (typeof data.error_estimate === "number") {
+    // Adaptive nodes: a tick under the axis per node shows where the rule refined.
+    const marks = svg("g", { class: "node-marks" });
+    for (const a of alphas) {
+      marks.append(svg("line", { class: "node-mark", x1: x(a), x2: x(a), y1: y(low), y2: y(low) + 6 }));
+    }
+    plot.append(marks);
+  }
   box.replaceChildren(plot);
 }
 
@@ -582,6 +632,7 @@ function downloadJSON() {
 function init() {
   $("#form").addEventListener("submit", onSubmit);
   $("#model").addEventListener("change", () => applyModel());
+  $("#steps_mode").addEventListener("change", applyStepsMode);
   $("#cancel").addEventListener("click", () => state.controller && state.controller.abort());
   $("#text").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("#form").requestSubmit();

@@ -156,8 +156,14 @@ def test_heatmap_matches_the_api_and_the_page_reports_everything(browser, stack,
     assert find(driver, "#baseline").get_attribute("value") == "pad"  # the model's default
     assert find(driver, "#n_steps").get_attribute("max") == "300"
     assert [o.text for o in find_all(driver, "#target option")] == ["predicted", "negative", "positive"]
+    # auto steps are the page's default; a fixed number is one choice away.
+    assert find(driver, "#steps_mode").get_attribute("value") == "auto"
+    assert find(driver, "#tolerance").is_displayed() and not find(driver, "#n_steps").is_displayed()
+    assert not find(driver, "#method").is_enabled()
 
     find(driver, "#text").send_keys(TEXT)
+    choose(driver, "#steps_mode", "fixed")
+    assert find(driver, "#n_steps").is_displayed() and not find(driver, "#tolerance").is_displayed()
     steps = find(driver, "#n_steps")
     steps.clear()
     steps.send_keys(str(STEPS))
@@ -255,6 +261,38 @@ def test_heatmap_matches_the_api_and_the_page_reports_everything(browser, stack,
     assert not console_errors(driver)
 
 
+def test_auto_steps_show_steps_used_error_estimate_and_nodes(browser, stack):
+    driver = browser
+    open_page(driver, stack)
+    find(driver, "#text").send_keys(TEXT)
+    find(driver, "#submit").click()
+    wait(driver, lambda d: find(d, "#results").is_displayed() and find_all(d, "#tokens .token"), what="the result")
+    body = {"sequence": TEXT, "n_steps": "auto", "tolerance": 0.01, "baseline": "pad"}
+    status, _, raw = http("POST", stack.url + "/model/tiny/?format=json", data=json.dumps(body).encode(),
+                          headers={"Content-Type": "application/json"})
+    assert status == 200, raw[:300]
+    api = json.loads(raw)
+    accuracy = find(driver, "#accuracy").text
+    assert f"{api['n_steps']} evaluated" in accuracy and f"{api['nodes_used']} nodes used" in accuracy
+    assert "estimated error" in accuracy and "tolerance 1 %" in accuracy
+    assert api["converged"] and not find(driver, "#tolerance-warning").is_displayed()
+    assert len(find_all(driver, "#integrand svg line.node-mark")) == api["nodes_used"]
+    points = find_all(driver, "#integrand svg circle.point")
+    assert [float(p.get_attribute("data-alpha")) for p in points] == pytest.approx(api["alphas"])
+
+    # The tiny model's integrand from a zero baseline is too sharp for 1e-4 in 300 steps.
+    choose(driver, "#baseline", "zero")
+    tolerance = find(driver, "#tolerance")
+    tolerance.clear()
+    tolerance.send_keys("0.0001")
+    find(driver, "#submit").click()
+    wait(driver, lambda d: find(d, "#tolerance-warning").is_displayed(), 60, "the tolerance warning")
+    warning = find(driver, "#tolerance-warning").text
+    assert "Tolerance not met" in warning and "0.01 %" in warning
+    print("screenshot:", save_screenshot(driver, "web_page_auto.png"))
+    assert not console_errors(driver)
+
+
 def test_empty_text_shows_the_servers_error_with_a_spinner_meanwhile(browser, stack):
     driver = browser
     open_page(driver, stack)
@@ -293,6 +331,13 @@ def test_other_errors_reach_the_user(browser, stack):
 
     # An option out of range names its field and marks the input.
     choose(driver, "#model", "tiny")
+    tolerance = find(driver, "#tolerance")
+    tolerance.clear()
+    tolerance.send_keys("2")
+    find(driver, "#submit").click()
+    wait(driver, lambda d: "Field: tolerance" in find(d, "#error").text, 20, "the tolerance error")
+    assert find(driver, "#tolerance").get_attribute("aria-invalid") == "true"
+    choose(driver, "#steps_mode", "fixed")
     steps = find(driver, "#n_steps")
     steps.clear()
     steps.send_keys("100000")
