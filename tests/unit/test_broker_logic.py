@@ -165,10 +165,11 @@ def test_a_request_is_redispatched_once_then_answered_worker_died(make_broker):
 
 
 def test_a_silent_worker_is_dropped_after_missed_heartbeats_and_its_request_served_elsewhere(make_broker):
-    stack = make_broker(heartbeat_interval=0.05)
-    silent, live = stack.worker(name="m-silent"), stack.worker(name="m-live")
+    stack = make_broker(heartbeat_interval=0.1, heartbeat_liveness=3)
+    silent = stack.worker(name="m-silent")
     rid = stack.client.submit("text")
-    assert silent.next_request().request_id == rid
+    assert silent.next_request().request_id == rid  # from now on it never beats again
+    live = stack.worker(name="m-live")
     message = live.next_request()  # it beats while it waits; the silent one expires
     assert message.request_id == rid
     live.reply(rid)
