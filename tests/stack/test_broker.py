@@ -280,5 +280,8 @@ def test_a_model_that_fails_to_load_is_refused_at_once_with_the_reason(tmp_path)
                 client.attribute(TEXT, timeout=600)
             assert caught.value.retry_after
         wait_until(lambda: f"exited with code {EXIT_LOAD_FAILED}" in broker.log_text(), 30, "the worker's exit")
+        out = subprocess.run([PYTHON, "-m", "intgrads_zmq.cli", "status", "--frontend", broker.frontend],
+                             cwd=REPO, env=base_env(), capture_output=True, text=True, check=True, timeout=30).stdout
+        assert "model broken: 0 workers" in out and "not loaded: worker broken-w0-" in out
     finally:
         broker.stop()

@@ -23,7 +23,6 @@ from intgrads_zmq.testing.stack import (
     free_port,
     http,
     start_broker,
-    wait_until,
 )
 
 BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
@@ -163,20 +162,6 @@ def test_status_command(tiny_bert_dir, tmp_path):
     failed = subprocess.run([_bin("intgrads-broker"), "status", "--frontend", broker.frontend, "--timeout", "1"],
                             capture_output=True, text=True, timeout=30)
     assert failed.returncode == 1 and "cannot reach the broker" in failed.stderr
-
-
-def test_status_says_which_model_failed_to_load_and_why(tmp_path):
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "config.json").write_text("{not json")
-    broker = start_broker(["--model", str(broken), "--name", "broken"], workers=1, folder=tmp_path)
-    try:
-        wait_until(lambda: broker.status()["models"]["broken"]["load_error"], 60, "the load failure")
-        out = subprocess.run([_bin("intgrads-broker"), "status", "--frontend", broker.frontend],
-                             capture_output=True, text=True, check=True, timeout=30).stdout
-        assert "model broken: 0 workers" in out and "not loaded: worker broken-w0-" in out
-    finally:
-        broker.stop()
 
 
 def test_gunicorn_from_the_repo_root_picks_up_its_config(tiny_bert_dir, tmp_path):
