@@ -27,7 +27,8 @@ COVERAGE: list[tuple[str, list[str]]] = [
      ["tests.unit.test_devices::test_gpu_groups_are_consecutive", "tests.stack.test_cli::test_cuda_without_a_gpu_is_a_clear_error"]),
     (r"^intgrads -xll \S+ --tokenizer \S+ --cpu --baseline pad$", ["tests.stack.test_cli::test_original_checkpoint_flags"]),
     (r"^intgrads-broker start --model \S+ --cpu --workers 2$", ["tests.stack.test_broker::test_requests_spread_over_both_workers"]),
-    (r"^gunicorn frontend:app$", ["tests.stack.test_cli::test_gunicorn_from_the_repo_root_picks_up_its_config"]),
+    (r"^gunicorn frontend(:app)?$", ["tests.stack.test_gunicorn_launch::test_gunicorn_command_serves_with_our_settings"]),
+    (r"^make test-fast$", ["tests.unit.test_readme::test_every_readme_command_is_covered"]),  # runs tests/unit
     (r"^intgrads-broker worker --connect tcp://127\.0\.0\.1:5556 --model \S+ --name xlnet --cpu$",
      ["tests.stack.test_frontend::test_several_sequences_and_a_named_model"]),
     (r"^intgrads-broker start -xlb \S+ --tokenizer \S+ --cuda --num-cuda-devs 2$",
