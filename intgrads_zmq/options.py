@@ -74,6 +74,7 @@ class AttributionOptions:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["fields"] = list(self.fields)
+        del data["step_budget"]  # the server's max_steps, published with the limits
         return data
 
 
