@@ -96,7 +96,7 @@ def remove_stale() -> list[str]:
     removed = []
     for line in ip("netns", "list", check=False).stdout.splitlines():
         name = line.split()[0] if line.split() else ""
-        match = re.fullmatch(rf"{PREFIX}(\d+)-\w+", name)
+        match = re.fullmatch(rf"{PREFIX}(\d+)[a-z]?-\w+", name)
         if match and not alive(int(match.group(1))):
             kill_namespace(name)
             removed.append(name)
@@ -126,9 +126,12 @@ class Lab:
     processes: list[subprocess.Popen] = field(init=False, default_factory=list)
     _closed: bool = field(init=False, default=False)
 
+    _made = 0  # labs made by this process: each gets its own names
+
     def __post_init__(self) -> None:
         remove_stale()
-        tag = f"{PREFIX}{os.getpid()}"
+        Lab._made += 1
+        tag = f"{PREFIX}{os.getpid()}{chr(ord('a') + (Lab._made - 1) % 26)}"  # veth names stay under 15 bytes
         self.front = Host(f"{tag}-front")
         atexit.register(self.close)
         try:
@@ -175,10 +178,10 @@ class Lab:
         return ThreadPoolExecutor(threads, initializer=enter, initargs=(host.name,),
                                   thread_name_prefix=f"in-{host.name}")
 
-    def call_in(self, host: Host, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn(*args)`` on a thread inside ``host`` and return its result."""
+    def call_in(self, host: Host, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` on a thread inside ``host`` and return its result."""
         with self.executor(host, 1) as pool:
-            return pool.submit(fn, *args).result()
+            return pool.submit(fn, *args, **kwargs).result()
 
     # faults ---------------------------------------------------------------
     def link_down(self, host: Host) -> None:
