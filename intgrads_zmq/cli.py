@@ -151,16 +151,25 @@ def main(log_level: str) -> None:
 @click.option("--keys", type=click.Path(file_okay=False), default=None,
               help="CURVE keys folder (from 'intgrads-broker keys'): remote workers must present an "
                    "authorised key.")
+@click.option("--job-ttl", type=click.FloatRange(min=0.0), default=3600.0, show_default=True,
+              help="Seconds a finished job's result is kept (POST /jobs/); later reads get 410 Gone.")
+@click.option("--job-store-bytes", default="1GiB", show_default=True,
+              help="Bound on all kept job results, e.g. 512MiB; past it the oldest are evicted (410 Gone).")
 def start(frontend: str, backend: str, queue_bound: int, timeout: float, heartbeat: float,
-          keys: str | None, **settings: Any) -> None:
+          keys: str | None, job_ttl: float, job_store_bytes: str, **settings: Any) -> None:
     """Run the broker and supervise local model workers."""
     from .service.assembly import run_broker
 
     spec = model_spec(*(settings.pop(k) for k in MODEL_KEYS))
     serving = serve_settings(settings)
     try:
+        store_bytes = parse_bytes(job_store_bytes)
+    except ValueError as exc:
+        raise click.UsageError(f"--job-store-bytes: {exc}") from exc
+    try:
         code = run_broker(spec, serving, frontend=frontend, backend=backend, queue_bound=queue_bound,
-                          timeout=timeout, heartbeat=heartbeat, keys=keys)
+                          timeout=timeout, heartbeat=heartbeat, keys=keys, job_ttl=job_ttl,
+                          job_store_bytes=store_bytes)
     except (PlanError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(code)

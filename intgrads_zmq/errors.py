@@ -172,3 +172,40 @@ class ModelLoadError(IntgradsError):
     status = 500
     title = "Model could not be loaded"
 
+
+
+class Cancelled(IntgradsError):
+    """The request was cancelled: its client went away, asked to cancel
+    (DELETE /jobs/{id}), or its deadline passed while it ran. 499 is the
+    conventional "client closed request" status (nginx); a client that is
+    gone never sees it, a job's result answers with it."""
+
+    code = "cancelled"
+    status = 499
+    title = "Cancelled"
+
+
+class UnknownJob(IntgradsError):
+    """No job with this id is known to the broker (never made, or made before
+    the broker last restarted: jobs live in its memory)."""
+
+    code = "unknown_job"
+    status = 404
+    title = "Unknown job"
+
+
+class JobGone(IntgradsError):
+    """The job finished, but its result was evicted (older than the job TTL,
+    or the job store was over its byte bound)."""
+
+    code = "job_gone"
+    status = 410
+    title = "Job result gone"
+
+
+class JobNotFinished(IntgradsError):
+    """The job's result was asked for before the job finished."""
+
+    code = "job_not_finished"
+    status = 409
+    title = "Job not finished"

@@ -79,7 +79,8 @@ def plan_workers(connect: str, spec: ModelSpec, settings: ServeSettings,
 
 def build_broker(spec: ModelSpec, settings: ServeSettings, *, frontend: str, backend: str,
                  queue_bound: int = 32, timeout: float = 600.0, heartbeat: float = 1.0,
-                 keys: str | None = None) -> tuple[Broker, Supervisor]:
+                 keys: str | None = None, job_ttl: float = BrokerSettings.job_ttl,
+                 job_store_bytes: int = BrokerSettings.job_store_bytes) -> tuple[Broker, Supervisor]:
     curve = CurveServer.from_dir(keys) if keys else None
     worker_curve = ensure_local_worker_key(keys) if keys else None
     # A broker-only start (--workers 0) plans nothing: planning imports torch,
@@ -92,6 +93,7 @@ def build_broker(spec: ModelSpec, settings: ServeSettings, *, frontend: str, bac
         frontend=frontend, backend=backend, heartbeat_interval=heartbeat, queue_bound=queue_bound,
         default_timeout=timeout, expected_models=(spec.name,) if configs else (),
         default_model=spec.name if configs else None, curve=curve,
+        job_ttl=job_ttl, job_store_bytes=job_store_bytes,
     ))
     broker.bind()
     return broker, Supervisor(configs)

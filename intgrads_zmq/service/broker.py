@@ -18,7 +18,14 @@ it keeps:
   from the worker, or its exit before it ever registered) also answers the
   requests already queued for the model.
 * A request past its deadline is answered at once, whether queued or running;
-  a reply arriving after that is dropped, never handed to anyone else.
+  a running one's worker is told to stop (CANCEL) and stays busy until it
+  answers; a reply arriving after that is dropped, never handed to anyone else.
+* CANCEL from a client names one of its own requests: a queued one is taken
+  out, a running one's worker is told to stop at its next chunk. Unknown or
+  answered ids are a no-op. Workers' PROGRESS is forwarded to clients that
+  asked for it (and kept for jobs), with queue positions as they change.
+* Jobs (JOB_SUBMIT) are requests whose answer goes to the :class:`JobStore`,
+  bounded in age and bytes; any frontend holding the job id may read it.
 * Messages that break the protocol are logged and dropped; peers are never
   trusted to be well-formed. Connections libzmq refuses on its own (a failed
   CURVE handshake, a message over MAXMSGSIZE) are logged from socket monitors.
@@ -38,6 +45,7 @@ import zmq
 
 from ..errors import (
     BadRequest,
+    Cancelled,
     DeadlineExceeded,
     IntgradsError,
     NoWorkers,
@@ -48,6 +56,7 @@ from ..errors import (
 )
 from . import protocol as p
 from .endpoints import DEFAULT_CLIENT_ENDPOINT, DEFAULT_WORKER_ENDPOINT, is_local_endpoint
+from .job_store import JobStore
 from .model_service import ModelService, Pending
 from .peers import PeerLog, SocketWatch
 from .processes import WorkerExit
@@ -82,6 +91,8 @@ class BrokerSettings:
     default_model: str | None = None
     curve: CurveServer | None = None
     allow_insecure_backend: bool = False
+    job_ttl: float = 3600.0  # seconds a finished job's result is kept
+    job_store_bytes: int = 1 << 30  # bound on all kept job results
 
     @property
     def worker_expiry(self) -> float:
@@ -131,6 +142,7 @@ class Broker:
         self.models: dict[str, ModelService] = {
             m: ModelService(m, expected=True) for m in settings.expected_models}
         self.counters: dict[str, int] = {}
+        self.jobs = JobStore(settings.job_ttl, settings.job_store_bytes)
         self.stopping = False
         self._stop_requested = False
         self._stop_at = 0.0
@@ -256,6 +268,7 @@ class Broker:
         now = time.monotonic()
         self._purge_expired_workers(now)
         self._expire_deadlines(now)
+        self.jobs.expire(now)
         if now >= self._next_heartbeat:
             for identity in list(self.workers):
                 self._send_worker(identity, p.envelope(p.WORKER, p.Command.HEARTBEAT))
@@ -274,41 +287,107 @@ class Broker:
             pending = record.request
             if pending is not None and not pending.answered and pending.deadline < now:
                 self._answer_error(pending, DeadlineExceeded(f"worker {record.name} did not finish before the deadline"))
+                self._stop_worker(record)
 
     def dispatch(self) -> None:
         """Hand queued requests, oldest first, to idle workers of their model."""
         for service in self.models.values():
+            moved = False
             while (assignment := service.next_assignment()) is not None:
                 identity, pending = assignment
                 record = self.workers.get(identity)
                 if record is None or record.request is not None:
                     service.requeue(pending)  # a stale idle entry; try the next worker
                     continue
+                moved = True
                 self._send_to_worker(record, pending)
+            if moved:
+                self._report_positions(service)
 
     def _send_to_worker(self, record: WorkerRecord, pending: Pending) -> None:
         remaining = max(0.001, pending.deadline - time.monotonic())
         body = p.RequestBody(pending.model, pending.body.sequence, pending.body.options, remaining)
         record.request = pending
         pending.attempts += 1
+        pending.position = None
+        if pending.job is not None:
+            self.jobs.started(pending.job)
+        elif pending.body.progress:
+            self._send_client(pending.client, p.progress_frames(p.CLIENT, pending.request_id, p.Progress("running")))
         if not self._send_worker(record.identity, p.request_frames(p.WORKER, pending.request_id, body)):
             self.worker_gone(record.identity, died=True, reason="unreachable")
+
+    def _report_positions(self, service: ModelService) -> None:
+        """Tell waiting clients that asked for progress where they now stand."""
+        for position, pending in enumerate(service.queue):
+            if not pending.wants_progress or pending.position == position:
+                continue
+            pending.position = position
+            if pending.job is not None:
+                pending.job.position = position
+            else:
+                self._send_client(pending.client, p.progress_frames(
+                    p.CLIENT, pending.request_id, p.Progress("queued", position=position)))
+
+    def _stop_worker(self, record: WorkerRecord) -> None:
+        """Tell a worker to stop its request at the next chunk; it stays busy
+        until it answers (the answer is then dropped)."""
+        if record.request is not None:
+            self._count("cancels_sent")
+            self._send_worker(record.identity, p.envelope(p.WORKER, p.Command.CANCEL, record.request.request_id))
+
+    def cancel(self, pending: Pending, error: IntgradsError) -> None:
+        """Answer ``pending`` with ``error`` and free its place: out of the
+        queue, or its worker told to stop."""
+        if pending.answered:
+            return
+        self._count("requests_cancelled")
+        service = self.models.get(pending.model)
+        if service is None or not service.remove(pending):
+            for record in self.workers.values():
+                if record.request is pending:
+                    self._stop_worker(record)
+        self._answer_error(pending, error)
+
+    def _find(self, client: bytes, request_id: str) -> Pending | None:
+        """The unanswered request ``request_id`` of ``client`` (jobs excluded)."""
+        def mine(pending: Pending | None) -> bool:
+            return (pending is not None and pending.job is None and not pending.answered
+                    and pending.request_id == request_id and pending.client == client)
+
+        for record in self.workers.values():
+            if mine(record.request):
+                return record.request
+        for service in self.models.values():
+            for pending in service.queue:
+                if mine(pending):
+                    return pending
+        return None
 
     # -- clients --------------------------------------------------------------
     def handle_client(self, client: bytes, frames: list[Any]) -> None:
         message = self._decode(lambda: p.parse(frames, p.CLIENT), "dropped a malformed client message: %s")
         if message is None:
             return
-        if message.command == p.Command.STATUS:
+        command = message.command
+        if command == p.Command.STATUS:
             self._send_client(client, p.envelope(p.CLIENT, p.Command.STATUS_REPLY, message.request_id)
                               + [self.status().to_json()])
-        elif message.command == p.Command.REQUEST:
+        elif command == p.Command.REQUEST:
             self._accept(client, message)
+        elif command == p.Command.CANCEL:
+            pending = self._find(client, message.request_id or "")
+            if pending is not None:
+                self.cancel(pending, Cancelled("the client cancelled the request"))
+        elif command in self._job_handlers:
+            self._job_command(client, message)
         else:
             self._count("protocol_errors")
             self._peer_log(logging.WARNING, "client sent %s; ignored", message.command.name)
 
-    def _accept(self, client: bytes, message: p.Message) -> None:
+    def _accept(self, client: bytes, message: p.Message, job_id: str | None = None) -> Pending | None:
+        """Queue a REQUEST (or a job's JOB_SUBMIT, as ``job_id``); None if refused
+        (the refusal is sent to ``client``)."""
         request_id = message.request_id or ""
         try:
             body = p.RequestBody.from_json(message.body[0])
@@ -317,24 +396,75 @@ class Broker:
             self._peer_log(logging.WARNING, "refused a malformed request %r from client %r: %s",
                            request_id, client[:16], exc)
             self._reply_error(client, request_id, BadRequest(f"malformed request: {exc}"))
-            return
+            return None
         now = time.monotonic()
         try:
             service = self._route(body.model)
         except IntgradsError as exc:
             self._reply_error(client, request_id, exc)
-            return
+            return None
         timeout = min(body.timeout or self.settings.default_timeout, self.settings.max_timeout)
-        pending = Pending(request_id, client, body, service.name, now + timeout, now)
+        pending = Pending(job_id or request_id, client, body, service.name, now + timeout, now)
         if service.full(self.settings.queue_bound):
-            self._answer_error(pending, QueueFull(
+            self._reply_error(client, request_id, QueueFull(
                 f"model '{service.name}' has {len(service.queue)} requests waiting; try again shortly",
                 retry_after=self.settings.retry_after,
             ))
-            return
-        self._count("requests_accepted")
+            return None
+        self._count("jobs_accepted" if job_id else "requests_accepted")
+        if job_id is not None:
+            pending.job = self.jobs.add(job_id, service.name)
         service.enqueue(pending)
+        if pending.wants_progress:
+            self._report_positions(service)
         self.dispatch()
+        return pending
+
+    # -- jobs ---------------------------------------------------------------------
+    _job_handlers = (p.Command.JOB_SUBMIT, p.Command.JOB_STATUS, p.Command.JOB_RESULT, p.Command.JOB_CANCEL)
+
+    def _job_command(self, client: bytes, message: p.Message) -> None:
+        """JOB_SUBMIT, JOB_STATUS, JOB_RESULT, JOB_CANCEL: answered with the job's
+        state, its stored answer, or an error (unknown 404, evicted 410)."""
+        request_id = message.request_id or "-"
+        if message.command == p.Command.JOB_SUBMIT:
+            pending = self._accept(client, message, job_id=p.new_job_id())
+            if pending is not None and pending.job is not None:
+                self._send_job_state(client, request_id, pending.job)
+            return
+        query = self._decode(lambda: p.JobQuery.from_json(message.body[0]), "dropped a malformed job query: %s")
+        if query is None:
+            self._reply_error(client, request_id, BadRequest("malformed job query"))
+            return
+        try:
+            if message.command == p.Command.JOB_RESULT:
+                record = self.jobs.result(query.job_id)
+                self._send_client(client, p.envelope(p.CLIENT, record.command, request_id) + list(record.body))
+                return
+            record = self.jobs.get(query.job_id)
+        except IntgradsError as exc:
+            self._reply_error(client, request_id, exc)
+            return
+        if message.command == p.Command.JOB_CANCEL:
+            self._cancel_job(query.job_id)
+        self._send_job_state(client, request_id, record)
+
+    def _cancel_job(self, job_id: str) -> None:
+        for pending in self._active():
+            if pending.job is not None and pending.job.job_id == job_id:
+                self.cancel(pending, Cancelled("the job was cancelled"))
+                return
+
+    def _active(self) -> Iterable[Pending]:
+        for record in self.workers.values():
+            if record.request is not None:
+                yield record.request
+        for service in self.models.values():
+            yield from service.queue
+
+    def _send_job_state(self, client: bytes, request_id: str, record: Any) -> None:
+        state = record.to_state(self.jobs.ttl)
+        self._send_client(client, p.envelope(p.CLIENT, p.Command.JOB_STATE, request_id) + [state.to_json()])
 
     def _route(self, requested: str | None) -> ModelService:
         if self.stopping:
@@ -377,6 +507,8 @@ class Broker:
         record.expires = time.monotonic() + self.settings.worker_expiry
         if message.command in (p.Command.REPLY, p.Command.ERROR):
             self._finish(record, message)
+        elif message.command == p.Command.PROGRESS:
+            self._progress(record, message)
         elif message.command == p.Command.DISCONNECT:
             self.worker_gone(identity, died=False, reason="said goodbye")
 
@@ -449,7 +581,7 @@ class Broker:
                 self._count("protocol_errors")
                 self._peer_log(logging.WARNING, "worker %s sent a malformed error: %s", record.name, exc)
                 error = IntgradsError(f"worker {record.name} sent a malformed error")
-            self._answer(pending, p.error_frames(p.CLIENT, pending.request_id, error), "error")
+            self._answer(pending, p.Command.ERROR, [p.dumps(error.to_dict())], "error", error)
             return
         try:
             p.parse_reply(message.body)
@@ -458,7 +590,22 @@ class Broker:
             self._peer_log(logging.WARNING, "worker %s sent a malformed reply: %s", record.name, exc)
             self._answer_error(pending, IntgradsError(f"worker {record.name} sent a malformed reply"))
             return
-        self._answer(pending, p.envelope(p.CLIENT, p.Command.REPLY, pending.request_id) + list(message.body), "ok")
+        self._answer(pending, p.Command.REPLY, list(message.body), "ok")
+
+    def _progress(self, record: WorkerRecord, message: p.Message) -> None:
+        """A worker's progress on its current request: kept for a job, passed on
+        to a client that asked for it, dropped otherwise."""
+        pending = record.request
+        if pending is None or pending.answered or pending.request_id != message.request_id:
+            return
+        progress = self._decode(lambda: p.Progress.from_json(message.body[0]),
+                                "dropped a malformed PROGRESS from %s: %s", record.name)
+        if progress is None or progress.state != "running":
+            return
+        if pending.job is not None:
+            pending.job.done, pending.job.total = progress.done, progress.total
+        elif pending.body.progress:
+            self._send_client(pending.client, p.progress_frames(p.CLIENT, pending.request_id, progress))
 
     def worker_gone(self, identity: bytes, *, died: bool, reason: str) -> None:
         """Forget a worker; re-queue (once) or fail the request it held."""
@@ -484,6 +631,8 @@ class Broker:
             self._answer_error(pending, ShuttingDown("the broker is shutting down"))
         else:
             service.requeue(pending)
+            if pending.job is not None:
+                self.jobs.requeued(pending.job)
             self._count("requests_redispatched")
 
     def _disconnect_unknown(self, identity: bytes, message: p.Message) -> None:
@@ -509,15 +658,21 @@ class Broker:
             memory[key] = value
 
     # -- answering ------------------------------------------------------------
-    def _answer(self, pending: Pending, frames: list[Any], outcome: str) -> None:
+    def _answer(self, pending: Pending, command: p.Command, body: list[Any], outcome: str,
+                error: IntgradsError | None = None) -> None:
+        """The one answer of ``pending``: to its client, or a job's to the store."""
         pending.answered = True
         self._count(f"answered_{outcome}")
-        self._send_client(pending.client, frames)
+        if pending.job is not None:
+            frames = [frame.bytes if isinstance(frame, zmq.Frame) else bytes(frame) for frame in body]
+            self.jobs.finish(pending.job.job_id, command, frames, error, time.monotonic())
+            return
+        self._send_client(pending.client, p.envelope(p.CLIENT, command, pending.request_id) + body)
 
     def _answer_error(self, pending: Pending, error: IntgradsError) -> None:
         if pending.answered:
             return
-        self._answer(pending, p.error_frames(p.CLIENT, pending.request_id, error), error.code)
+        self._answer(pending, p.Command.ERROR, [p.dumps(error.to_dict())], error.code, error)
 
     def _reply_error(self, client: bytes, request_id: str, error: IntgradsError) -> None:
         self._count(f"answered_{error.code}")
@@ -566,4 +721,5 @@ class Broker:
             workers=[r.status(now) for r in self.workers.values()],
             counters=dict(self.counters),
             stopping=self.stopping,
+            jobs=self.jobs.stats(),
         )

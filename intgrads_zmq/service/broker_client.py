@@ -13,23 +13,31 @@ It never hangs:
 
 Replies are matched by request id; anything else arriving on the socket (a
 reply to an earlier request that was already given up on) is dropped.
+
+A waiter may pass ``on_progress`` (PROGRESS messages of the requests it
+waits for) and ``stop_if`` (checked every :data:`CHECK_EVERY` seconds: when
+it returns True the requests still unanswered are cancelled at the broker
+and reported as :class:`Cancelled`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from ..errors import BrokerUnavailable, DeadlineExceeded, IntgradsError
+from ..errors import BrokerUnavailable, Cancelled, DeadlineExceeded, IntgradsError
 from ..payload import AttributionPayload
 from . import protocol as p
 from .endpoints import broker_endpoint
 
 DEADLINE_MARGIN = 5.0  # seconds to wait past a deadline for the broker's answer
+CHECK_EVERY = 0.1  # seconds between two calls of a waiter's stop_if
 Outcome = AttributionPayload | IntgradsError
+ProgressCallback = Callable[[str, p.Progress], None]
 
 
 class BrokerClient:
@@ -71,16 +79,66 @@ class BrokerClient:
             raise BrokerUnavailable(f"cannot reach the broker at {self.endpoint}", retry_after=1.0) from None
 
     def submit(self, sequence: str, *, model: str | None = None, options: dict[str, Any] | None = None,
-               timeout: float = 600.0) -> str:
-        """Send one request; returns its id (collect it with :meth:`wait`)."""
+               timeout: float = 600.0, progress: bool = False) -> str:
+        """Send one request; returns its id (collect it with :meth:`wait`).
+        ``progress``: the broker sends PROGRESS messages for it."""
         request_id = p.new_request_id()
-        body = p.RequestBody(model, sequence, options or {}, timeout)
+        body = p.RequestBody(model, sequence, options or {}, timeout, progress)
         self._send(p.request_frames(p.CLIENT, request_id, body))
         return request_id
 
+    def cancel(self, request_ids: list[str]) -> None:
+        """Cancel this client's requests (a no-op for answered or unknown ids)."""
+        for request_id in request_ids:
+            try:
+                self._send(p.envelope(p.CLIENT, p.Command.CANCEL, request_id))
+            except BrokerUnavailable:
+                return  # nothing runs there to cancel, or the broker will answer a gone client
+
+    # -- jobs ---------------------------------------------------------------
+    def submit_job(self, sequence: str, *, model: str | None = None, options: dict[str, Any] | None = None,
+                   timeout: float = 600.0, wait: float = 5.0) -> dict[str, Any]:
+        """Make a job; returns its state (``job_id`` included) or raises the refusal."""
+        body = p.RequestBody(model, sequence, options or {}, timeout)
+        return self._job_call(p.request_frames(p.CLIENT, p.new_request_id(), body), wait)
+
+    def job_status(self, job_id: str, *, wait: float = 5.0) -> dict[str, Any]:
+        return self._job_call(p.job_frames(p.CLIENT, p.Command.JOB_STATUS, p.new_request_id(), job_id), wait)
+
+    def job_cancel(self, job_id: str, *, wait: float = 5.0) -> dict[str, Any]:
+        """Cancel a job (a no-op once finished); returns its state after."""
+        return self._job_call(p.job_frames(p.CLIENT, p.Command.JOB_CANCEL, p.new_request_id(), job_id), wait)
+
+    def job_result(self, job_id: str, *, wait: float = 30.0) -> AttributionPayload:
+        """A finished job's reply, or the typed error it ended with (or
+        JobNotFinished / JobGone / UnknownJob)."""
+        request_id = p.new_request_id()
+        self._send(p.job_frames(p.CLIENT, p.Command.JOB_RESULT, request_id, job_id))
+        outcome = self.wait([request_id], wait, margin=0.0)[request_id]
+        if isinstance(outcome, IntgradsError):
+            raise outcome
+        if not isinstance(outcome, AttributionPayload):
+            raise IntgradsError("unexpected answer to a job result request")
+        return outcome
+
+    def _job_call(self, frames: list[bytes], wait: float) -> dict[str, Any]:
+        if frames[1] == p.Command.REQUEST.value:
+            frames[1] = p.Command.JOB_SUBMIT.value
+        request_id = frames[2].decode("ascii")
+        self._send(frames)
+        outcome = self.wait([request_id], wait, margin=0.0)[request_id]
+        if isinstance(outcome, IntgradsError):
+            if isinstance(outcome, DeadlineExceeded):
+                raise BrokerUnavailable("the broker did not answer a job request in time", retry_after=1.0)
+            raise outcome
+        if not isinstance(outcome, dict):
+            raise IntgradsError("unexpected answer to a job request")
+        return outcome
+
     # -- receiving ----------------------------------------------------------
-    def wait(self, request_ids: list[str], timeout: float, *,
-             margin: float = DEADLINE_MARGIN) -> dict[str, Outcome]:
+    def wait(self, request_ids: list[str], timeout: float, *, margin: float = DEADLINE_MARGIN,
+             on_progress: ProgressCallback | None = None,
+             stop_if: Callable[[], bool] | None = None) -> dict[str, Outcome]:
         """Collect answers for ``request_ids``; give up ``timeout + margin`` from now
         (the margin lets the broker's own deadline answer arrive first)."""
         wanted = set(request_ids)
@@ -89,22 +147,32 @@ class BrokerClient:
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         poller.register(self.monitor, zmq.POLLIN)
+        step = CHECK_EVERY if stop_if is not None else 1.0
         while wanted - set(results):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            events = dict(poller.poll(int(min(remaining, 1.0) * 1000)))
+            events = dict(poller.poll(int(min(remaining, step) * 1000)))
             if self.monitor in events and self._drain_monitor():
                 lost = BrokerUnavailable("the connection to the broker was lost", retry_after=1.0)
                 results.update({rid: lost for rid in wanted - set(results)})
                 break
             if self.socket in events:
-                self._receive(wanted, results)
+                self._receive(wanted, results, on_progress)
+            if stop_if is not None and wanted - set(results) and stop_if():
+                self.give_up(sorted(wanted - set(results)), results)
         for rid in wanted - set(results):
             results[rid] = DeadlineExceeded("no answer from the broker before the deadline")
         return results
 
-    def _receive(self, wanted: set[str], results: dict[str, Outcome]) -> None:
+    def give_up(self, request_ids: list[str], results: dict[str, Outcome]) -> None:
+        """Cancel requests at the broker and record them as cancelled here."""
+        self.cancel(request_ids)
+        for rid in request_ids:
+            results[rid] = Cancelled("the client went away; the request was cancelled")
+
+    def _receive(self, wanted: set[str], results: dict[str, Outcome],
+                 on_progress: ProgressCallback | None = None) -> None:
         while True:
             try:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -115,10 +183,23 @@ class BrokerClient:
             except p.ProtocolError:
                 self.dropped += 1
                 continue
-            if message.request_id not in wanted:
+            if message.request_id not in wanted or message.request_id in results:
                 self.dropped += 1  # a late answer to a request given up on
                 continue
+            if message.command == p.Command.PROGRESS:
+                self._progress(message, on_progress)
+                continue
             results[message.request_id] = self._outcome(message)
+
+    @staticmethod
+    def _progress(message: p.Message, on_progress: ProgressCallback | None) -> None:
+        if on_progress is None:
+            return
+        try:
+            progress = p.Progress.from_json(message.body[0])
+        except p.ProtocolError:
+            return
+        on_progress(message.request_id or "", progress)
 
     @staticmethod
     def _outcome(message: p.Message) -> Outcome | dict[str, Any]:
@@ -134,6 +215,11 @@ class BrokerClient:
                 return p.BrokerStatus.dict_from_json(message.body[0])
             except p.ProtocolError as exc:
                 return IntgradsError(f"malformed status reply: {exc}")
+        if message.command == p.Command.JOB_STATE:
+            try:
+                return p.JobState.from_json(message.body[0]).to_dict()
+            except p.ProtocolError as exc:
+                return IntgradsError(f"malformed job state: {exc}")
         return IntgradsError(f"unexpected {message.command.name} from the broker")
 
     def _drain_monitor(self) -> bool:

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass
+
+from ..errors import Cancelled
 
 ENV = "INTGRADS_FAULTS"
 
@@ -43,12 +46,17 @@ class Faults:
         data = json.loads(raw)
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__ and not k.startswith("_")})
 
-    def before_request(self, text: str) -> None:
+    def before_request(self, text: str, cancelled: threading.Event | None = None) -> None:
+        """``cancelled`` cuts a sleep short (as a chunk boundary would), so
+        tests of cancellation can use a slow request that is not compute."""
         self._text = text
         if self.exit_on and self.exit_on in text:
             os._exit(17)
         if self.sleep_on and self.sleep_on in text:
-            time.sleep(self.sleep_seconds)
+            if cancelled is None:
+                time.sleep(self.sleep_seconds)
+            elif cancelled.wait(self.sleep_seconds):
+                raise Cancelled("the request was cancelled while it slept (injected fault)")
 
     def before_chunk(self, steps: int) -> None:
         if self.raise_on and self.raise_on in self._text:

@@ -12,9 +12,10 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from . import protocol as p
+from .job_store import JobRecord
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: two requests are never the same one
 class Pending:
     """A client request from arrival to answer."""
 
@@ -27,6 +28,12 @@ class Pending:
     attempts: int = 0
     answered: bool = False
     died_on: list[str] = field(default_factory=list)
+    job: JobRecord | None = None  # a job's answer goes to the job store, not to ``client``
+    position: int | None = None  # last queue position reported
+
+    @property
+    def wants_progress(self) -> bool:
+        return self.body.progress or self.job is not None
 
 
 @dataclass
@@ -90,6 +97,14 @@ class ModelService:
         if not self.queue or not self.idle:
             return None
         return self.idle.popleft(), self.queue.popleft()
+
+    def remove(self, pending: Pending) -> bool:
+        """Take a queued request out (cancelled); False if it is not queued."""
+        try:
+            self.queue.remove(pending)
+        except ValueError:
+            return False
+        return True
 
     def take_expired(self, now: float) -> list[Pending]:
         expired = [q for q in self.queue if q.deadline < now]

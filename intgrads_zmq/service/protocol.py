@@ -7,9 +7,21 @@ Frontend (client) <-> broker, header ``CLIENT``::
 
     client -> broker  [CLIENT, REQUEST, request_id, RequestBody]
     client -> broker  [CLIENT, STATUS, request_id]
+    client -> broker  [CLIENT, CANCEL, request_id]                (no answer)
+    client -> broker  [CLIENT, JOB_SUBMIT, request_id, RequestBody]
+    client -> broker  [CLIENT, JOB_STATUS, request_id, JobQuery]
+    client -> broker  [CLIENT, JOB_RESULT, request_id, JobQuery]
+    client -> broker  [CLIENT, JOB_CANCEL, request_id, JobQuery]
     broker -> client  [CLIENT, REPLY, request_id, ReplyHeader, *tensor_frames]
     broker -> client  [CLIENT, ERROR, request_id, error_json]
     broker -> client  [CLIENT, STATUS_REPLY, request_id, BrokerStatus]
+    broker -> client  [CLIENT, PROGRESS, request_id, Progress]     (when RequestBody.progress)
+    broker -> client  [CLIENT, JOB_STATE, request_id, JobState]
+
+A CANCEL names one of the sender's own requests (a request id is matched
+with the identity that sent it); one for an unknown or answered request is
+a no-op. Jobs are named by a broker-made 128-bit random ``job_id``, which
+is the only way to reach one (JobQuery).
 
 Worker <-> broker, header ``WORKER``::
 
@@ -19,7 +31,9 @@ Worker <-> broker, header ``WORKER``::
     worker -> broker  [WORKER, ERROR, request_id, error_json]
     both ways         [WORKER, HEARTBEAT]
     both ways         [WORKER, DISCONNECT]
+    worker -> broker  [WORKER, PROGRESS, request_id, Progress]   (at most every PROGRESS_EVERY s)
     broker -> worker  [WORKER, REQUEST, request_id, RequestBody]
+    broker -> worker  [WORKER, CANCEL, request_id]   (stop at the next chunk; then answer as usual)
 
 Each body is one JSON frame with one typed shape here (``from_json`` validates
 what a peer sent, ``to_json`` encodes); ``error_json`` is
@@ -37,6 +51,7 @@ ASCII is the same bytes everywhere.
 from __future__ import annotations
 
 import json
+import secrets
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -71,6 +86,13 @@ class Command(bytes, Enum):
     HEARTBEAT = b"\x07"
     DISCONNECT = b"\x08"
     LOAD_FAILED = b"\x09"
+    CANCEL = b"\x0a"
+    PROGRESS = b"\x0b"
+    JOB_SUBMIT = b"\x0c"
+    JOB_STATUS = b"\x0d"
+    JOB_RESULT = b"\x0e"
+    JOB_CANCEL = b"\x0f"
+    JOB_STATE = b"\x10"
 
 
 class ProtocolError(ValueError):
@@ -149,8 +171,10 @@ def loads_object(frame: Any) -> dict[str, Any]:
 
 # Commands that carry a request id right after the command frame, per side.
 _WITH_ID = {
-    CLIENT: {Command.REQUEST, Command.STATUS, Command.REPLY, Command.ERROR, Command.STATUS_REPLY},
-    WORKER: {Command.REQUEST, Command.REPLY, Command.ERROR},
+    CLIENT: {Command.REQUEST, Command.STATUS, Command.REPLY, Command.ERROR, Command.STATUS_REPLY,
+             Command.CANCEL, Command.PROGRESS, Command.JOB_SUBMIT, Command.JOB_STATUS, Command.JOB_RESULT,
+             Command.JOB_CANCEL, Command.JOB_STATE},
+    WORKER: {Command.REQUEST, Command.REPLY, Command.ERROR, Command.CANCEL, Command.PROGRESS},
 }
 # Minimum number of body frames (after header, command and id) per command.
 _MIN_BODY = {
@@ -160,6 +184,12 @@ _MIN_BODY = {
     Command.STATUS_REPLY: 1,
     Command.READY: 1,
     Command.LOAD_FAILED: 1,
+    Command.PROGRESS: 1,
+    Command.JOB_SUBMIT: 1,
+    Command.JOB_STATUS: 1,
+    Command.JOB_RESULT: 1,
+    Command.JOB_CANCEL: 1,
+    Command.JOB_STATE: 1,
 }
 
 
@@ -236,10 +266,13 @@ class RequestBody:
     sequence: str
     options: dict[str, Any]
     timeout: float | None
+    progress: bool = False  # the client wants PROGRESS messages (queue position, steps done)
 
     def to_json(self) -> bytes:
-        return dumps({"model": self.model, "sequence": self.sequence, "options": self.options,
-                      "timeout": self.timeout})
+        body = {"model": self.model, "sequence": self.sequence, "options": self.options, "timeout": self.timeout}
+        if self.progress:
+            body["progress"] = True
+        return dumps(body)
 
     @classmethod
     def from_json(cls, frame: Any) -> RequestBody:
@@ -258,11 +291,151 @@ class RequestBody:
             raise ProtocolError("'timeout' must be a positive number")
         if timeout is not None:  # min() first: float() of a 400-digit int raises OverflowError
             timeout = float(min(timeout, MAX_TIMEOUT_SECONDS))
-        return cls(model, sequence, options, timeout)
+        progress = body.get("progress", False)
+        if not isinstance(progress, bool):
+            raise ProtocolError("'progress' must be true or false")
+        return cls(model, sequence, options, timeout, progress)
 
 
 def request_frames(header: bytes, request_id: str, body: RequestBody) -> list[bytes]:
     return envelope(header, Command.REQUEST, request_id) + [body.to_json()]
+
+
+# -- progress and jobs ----------------------------------------------------
+PROGRESS_STATES = ("queued", "running")
+JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
+MAX_STEPS_REPORTED = 1 << 40
+JOB_ID_BYTES = 16  # 128 random bits, hex-encoded: 32 characters
+
+
+def new_job_id() -> str:
+    """An unguessable job id: the id is the only key to a job and its result."""
+    return secrets.token_hex(JOB_ID_BYTES)
+
+
+def _count(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_STEPS_REPORTED:
+        raise ProtocolError(f"'{what}' must be a whole number from 0 to {MAX_STEPS_REPORTED}")
+    return value
+
+
+def _seconds(value: Any, what: str) -> float:
+    if not _is_number(value) or not 0 <= value <= MAX_TIMEOUT_SECONDS:
+        raise ProtocolError(f"'{what}' must be a number of seconds")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """PROGRESS: where a request is. ``queued``: ``position`` requests are
+    ahead of it (0: next). ``running``: ``done`` of ``total`` path steps were
+    paid ``elapsed`` seconds into the computation (``total`` may grow between
+    the rounds of an adaptive integration)."""
+
+    state: str
+    position: int | None = None
+    done: int = 0
+    total: int = 0
+    elapsed: float = 0.0
+
+    def to_json(self) -> bytes:
+        return dumps(self.to_dict())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "position": self.position, "done": self.done, "total": self.total,
+                "elapsed": round(self.elapsed, 3)}
+
+    @classmethod
+    def from_json(cls, frame: Any) -> Progress:
+        data = loads_object(frame)
+        state, position = data.get("state"), data.get("position")
+        if state not in PROGRESS_STATES:
+            raise ProtocolError(f"progress 'state' must be one of {', '.join(PROGRESS_STATES)}")
+        return cls(state, None if position is None else _count(position, "position"),
+                   _count(data.get("done", 0), "done"), _count(data.get("total", 0), "total"),
+                   _seconds(data.get("elapsed", 0.0), "elapsed"))
+
+
+def progress_frames(header: bytes, request_id: str, progress: Progress) -> list[bytes]:
+    return envelope(header, Command.PROGRESS, request_id) + [progress.to_json()]
+
+
+@dataclass(frozen=True)
+class JobQuery:
+    """Which job a JOB_STATUS / JOB_RESULT / JOB_CANCEL is about."""
+
+    job_id: str
+
+    def to_json(self) -> bytes:
+        return dumps({"job_id": self.job_id})
+
+    @classmethod
+    def from_json(cls, frame: Any) -> JobQuery:
+        job_id = loads_object(frame).get("job_id")
+        if not isinstance(job_id, str) or not 0 < len(job_id) <= MAX_REQUEST_ID_BYTES or not job_id.isascii():
+            raise ProtocolError("'job_id' must be 1 to 64 ASCII characters")
+        return cls(job_id)
+
+
+@dataclass(frozen=True)
+class JobState:
+    """JOB_STATE: a job as the broker's job store sees it (GET /jobs/{id}).
+
+    Times are wall-clock Unix seconds (the broker's clock), so frontends on
+    other hosts can show them; ``error`` is the failed or cancelled job's
+    ``IntgradsError.to_dict()``.
+    """
+
+    job_id: str
+    state: str
+    model: str
+    position: int | None = None
+    done: int = 0
+    total: int = 0
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    result_bytes: int = 0
+    expires_at: float | None = None
+    error: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def to_json(self) -> bytes:
+        return dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, frame: Any) -> JobState:
+        data = loads_object(frame)
+        state, error = data.get("state"), data.get("error")
+        if state not in JOB_STATES:
+            raise ProtocolError(f"job 'state' must be one of {', '.join(JOB_STATES)}")
+        position = data.get("position")
+        return cls(
+            job_id=JobQuery.from_json(dumps({"job_id": data.get("job_id")})).job_id,
+            state=state, model=_model_name(data.get("model"), "JOB_STATE"),
+            position=None if position is None else _count(position, "position"),
+            done=_count(data.get("done", 0), "done"), total=_count(data.get("total", 0), "total"),
+            created_at=_wall_time(data.get("created_at"), "created_at") or 0.0,
+            started_at=_wall_time(data.get("started_at"), "started_at"),
+            finished_at=_wall_time(data.get("finished_at"), "finished_at"),
+            result_bytes=_count(data.get("result_bytes", 0), "result_bytes"),
+            expires_at=_wall_time(data.get("expires_at"), "expires_at"),
+            error=_flat_dict(error) if isinstance(error, dict) else None,
+        )
+
+
+def _wall_time(value: Any, what: str) -> float | None:
+    if value is None:
+        return None
+    if not _is_number(value) or not 0 <= value < 1e11:
+        raise ProtocolError(f"'{what}' must be a Unix time")
+    return float(value)
+
+
+def job_frames(header: bytes, command: Command, request_id: str, job_id: str) -> list[bytes]:
+    return envelope(header, command, request_id) + [JobQuery(job_id).to_json()]
 
 
 # -- a worker describing itself --------------------------------------------
@@ -468,6 +641,7 @@ class BrokerStatus:
     workers: list[WorkerStatus]
     counters: dict[str, int]
     stopping: bool
+    jobs: dict[str, Any] = field(default_factory=dict)  # JobStore.stats(): stored, bytes, bounds
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -476,6 +650,7 @@ class BrokerStatus:
             "workers": [dict(w.__dict__) for w in self.workers],
             "counters": dict(self.counters),
             "stopping": self.stopping,
+            "jobs": dict(self.jobs),
         }
 
     def to_json(self) -> bytes:

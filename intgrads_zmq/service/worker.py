@@ -7,7 +7,13 @@ Two threads, each with its own sockets:
   request computes, re-registers when the broker says it does not know us,
   reconnects when the broker falls silent, and forwards replies;
 * the main thread computes: it takes one job at a time from a queue and
-  pushes the reply frames to the link thread over an inproc socket.
+  pushes the reply frames to the link thread over an inproc socket, with
+  PROGRESS messages (at most every :data:`PROGRESS_EVERY` seconds) before it.
+
+A CANCEL from the broker for the running job sets the job's ``cancelled``
+event (link thread); the engine's ``before_chunk`` hook (compute thread)
+raises :class:`~intgrads_zmq.errors.Cancelled` at the next chunk boundary,
+which is answered as an error like any other, so the broker frees the worker.
 
 A worker that cannot load its model tells the broker why (LOAD_FAILED, so
 requests for the model are refused at once instead of waiting for it) and
@@ -28,12 +34,13 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
-from ..errors import ComputeFailed, IntgradsError
+from ..errors import Cancelled, ComputeFailed, IntgradsError
 from ..models.spec import ModelSpec
 from ..options import BASELINES, METHODS, TENSOR_FIELDS, AttributionOptions, Limits
 from . import protocol as p
@@ -42,6 +49,7 @@ from .processes import EXIT_LOAD_FAILED, die_with_parent
 from .security import CurveClient
 
 log = logging.getLogger("intgrads.worker")
+PROGRESS_EVERY = 0.25  # seconds between two PROGRESS messages of one request
 
 
 @dataclass
@@ -78,6 +86,7 @@ class Job:
     request_id: str
     body: p.RequestBody
     deadline: float
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
 
 class BrokerLink(threading.Thread):
@@ -94,6 +103,7 @@ class BrokerLink(threading.Thread):
         self.stopping = threading.Event()
         self.parent_gone = threading.Event()
         self._busy = False
+        self._current: Job | None = None
         self._must_register = True
         self._generation = 0
         self._name = config.worker_name()
@@ -119,7 +129,8 @@ class BrokerLink(threading.Thread):
                 if self._replies in events:
                     frames = self._replies.recv_multipart(copy=False)
                     dealer.send_multipart(frames, copy=False)
-                    self._busy = False
+                    if frames[1].bytes != p.Command.PROGRESS.value:
+                        self._busy, self._current = False, None
                 if self._must_register and not self._busy:
                     self._send_ready(dealer)
                 if now - last_beat >= interval:
@@ -179,6 +190,11 @@ class BrokerLink(threading.Thread):
             self._must_register = True
         elif message.command == p.Command.REQUEST:
             self._accept(dealer, message)
+        elif message.command == p.Command.CANCEL:
+            job = self._current
+            if job is not None and job.request_id == message.request_id:
+                log.info("request %s cancelled by the broker; stopping at the next chunk", job.request_id)
+                job.cancelled.set()
 
     def _accept(self, dealer: zmq.Socket, message: p.Message) -> None:
         request_id = message.request_id or "-"
@@ -193,7 +209,8 @@ class BrokerLink(threading.Thread):
             return
         self._busy = True
         deadline = time.monotonic() + (body.timeout or 600.0)
-        self.jobs.put(Job(request_id, body, deadline))
+        self._current = Job(request_id, body, deadline)
+        self.jobs.put(self._current)
 
     def _parent_died(self) -> bool:
         parent = self.config.parent_pid
@@ -214,18 +231,21 @@ class Computer:
         self.planner = ChunkPlanner.for_device(adapter.device.type, config.dtype, config.memory_budget)
         self.faults = Faults.from_env()
 
-    def handle(self, job: Job) -> list[Any]:
+    def handle(self, job: Job, send: Callable[[list[Any]], None] | None = None) -> list[Any]:
+        """The answer frames for ``job``; ``send`` (optional) carries PROGRESS."""
         from ..engine import attribute
+        from ..engine.path import PathProgress
         from ..options import resolve_options
 
+        progress = PathProgress()
         try:
             options = resolve_options(job.body.options, self.defaults, self.limits)
             if self.faults is not None:
-                self.faults.before_request(job.body.sequence)
+                self.faults.before_request(job.body.sequence, job.cancelled)
             result = attribute(
                 self.adapter, job.body.sequence, options, planner=self.planner,
                 dtype=self.config.dtype, deadline=job.deadline,
-                before_chunk=self.faults.before_chunk if self.faults else None,
+                before_chunk=self._chunk_hook(job, progress, send), progress=progress,
             )
             # Encoded inside the try: metadata the wire refuses (a NaN from a
             # diverging model) must become an answer, not end the worker.
@@ -237,6 +257,27 @@ class Computer:
             return p.error_frames(
                 p.WORKER, job.request_id, ComputeFailed(f"the model raised {type(exc).__name__}: {exc}")
             )
+
+
+    def _chunk_hook(self, job: Job, progress: Any, send: Callable[[list[Any]], None] | None
+                    ) -> Callable[[int], None]:
+        """Called before every chunk: stop if cancelled, report progress
+        (rate-limited), then the injected faults, if any."""
+        started = time.monotonic()
+        last_sent = [float("-inf")]
+
+        def before_chunk(steps: int) -> None:
+            if job.cancelled.is_set():
+                raise Cancelled(f"cancelled after {progress.done} of {progress.total} steps")
+            now = time.monotonic()
+            if send is not None and now - last_sent[0] >= PROGRESS_EVERY:
+                last_sent[0] = now
+                report = p.Progress("running", done=progress.done, total=progress.total, elapsed=now - started)
+                send(p.progress_frames(p.WORKER, job.request_id, report))
+            if self.faults is not None:
+                self.faults.before_chunk(steps)
+
+        return before_chunk
 
 
 def raw_tensors(tensors: dict[str, Any]) -> dict[str, Any]:
@@ -356,7 +397,7 @@ def run_worker(config: WorkerConfig) -> int:
                 job = link.jobs.get(timeout=0.2)
             except queue.Empty:
                 continue
-            replies.send_multipart(computer.handle(job), copy=False)
+            replies.send_multipart(computer.handle(job, replies.send_multipart), copy=False)
     finally:
         link.stopping.set()
         link.join(timeout=5)

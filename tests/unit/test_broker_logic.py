@@ -17,7 +17,18 @@ from typing import Any
 import pytest
 import zmq
 
-from intgrads_zmq.errors import DeadlineExceeded, NoWorkers, QueueFull, UnknownModel, WorkerDied
+from intgrads_zmq.errors import (
+    Cancelled,
+    ComputeFailed,
+    DeadlineExceeded,
+    JobGone,
+    JobNotFinished,
+    NoWorkers,
+    QueueFull,
+    UnknownJob,
+    UnknownModel,
+    WorkerDied,
+)
 from intgrads_zmq.payload import AttributionPayload, RawTensor
 from intgrads_zmq.service import protocol as p
 from intgrads_zmq.service.broker import Broker, BrokerSettings
@@ -54,14 +65,25 @@ class FakeWorker:
 
     def next_request(self, timeout: float = 5.0) -> p.Message:
         """The next REQUEST; heartbeats are sent while waiting, as a live worker does."""
+        return self.next_message(p.Command.REQUEST, timeout)
+
+    def next_message(self, command: p.Command, timeout: float = 5.0) -> p.Message:
+        """The next message with ``command`` (others are skipped), beating meanwhile."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.send(p.Command.HEARTBEAT)
             if self.sock.poll(10):
                 message = p.parse(self.sock.recv_multipart(), p.WORKER)
-                if message.command == p.Command.REQUEST:
+                if message.command == command:
                     return message
-        raise TimeoutError(f"{self.name} was given no request")
+        raise TimeoutError(f"{self.name} was sent no {command.name}")
+
+    def progress(self, request_id: str, done: int, total: int) -> None:
+        self.send(p.Command.PROGRESS, p.Progress("running", done=done, total=total, elapsed=0.5).to_json(),
+                  request_id=request_id)
+
+    def fail(self, request_id: str, error: Any) -> None:
+        self.sock.send_multipart(p.error_frames(p.WORKER, request_id, error))
 
     def reply(self, request_id: str) -> None:
         tensor = RawTensor("float32", (1,), struct.pack("<f", 1.0))
@@ -145,6 +167,7 @@ def test_a_running_request_past_its_deadline_is_answered_and_the_late_reply_drop
     rid = stack.client.submit("text", timeout=0.05)
     message = worker.next_request()
     assert isinstance(stack.outcome(rid), DeadlineExceeded)
+    worker.next_message(p.Command.CANCEL)  # the worker is told to stop; the broker does not wait for it
     worker.reply(message.request_id)
     wait_until(lambda: stack.status()["counters"].get("late_replies_dropped") == 1)
     assert stack.status()["workers"][0]["state"] == "idle"
@@ -312,3 +335,183 @@ def test_identities_are_utf8_and_fit_zeromq():
     long = p.worker_identity("é" * 300, 12)
     assert len(long) <= 255 and long.startswith(p.identity_prefix("é" * 300))
     long.decode("utf-8")  # cut at a character boundary
+
+
+# -- cancellation ---------------------------------------------------------------
+def test_a_cancelled_queued_request_leaves_the_queue_and_the_next_one_is_served(make_broker):
+    stack = make_broker()
+    worker = stack.worker()
+    first = stack.client.submit("first")
+    second = stack.client.submit("second")
+    assert worker.next_request().request_id == first
+    assert stack.status()["models"]["m"]["queued"] == 1
+    stack.client.cancel([second])
+    assert isinstance(stack.outcome(second), Cancelled)  # (a gone client never reads it)
+    assert stack.status()["models"]["m"]["queued"] == 0
+    worker.reply(first)
+    assert isinstance(stack.outcome(first), AttributionPayload)
+
+
+def test_a_cancelled_running_request_stops_its_worker_which_then_takes_the_next(make_broker):
+    stack = make_broker()
+    worker = stack.worker()
+    running = stack.client.submit("running")
+    waiting = stack.client.submit("waiting")
+    assert worker.next_request().request_id == running
+    stack.client.cancel([running])
+    assert worker.next_message(p.Command.CANCEL).request_id == running
+    assert stack.status()["workers"][0]["state"] == "busy"  # until the worker says it stopped
+    worker.fail(running, Cancelled("stopped at a chunk boundary"))
+    assert worker.next_request().request_id == waiting
+    assert stack.status()["counters"]["requests_cancelled"] == 1
+
+
+def test_a_cancel_only_reaches_the_senders_own_request_and_unknown_ids_are_a_no_op(make_broker):
+    stack = make_broker()
+    worker = stack.worker()
+    other = BrokerClient(stack.settings.frontend, context=stack.context)
+    try:
+        rid = stack.client.submit("mine")
+        assert worker.next_request().request_id == rid
+        other.cancel([rid, "no-such-request"])  # someone else's id: ignored
+        stack.client.cancel(["no-such-request"])
+        time.sleep(0.05)
+        assert stack.status()["counters"].get("requests_cancelled", 0) == 0
+        worker.reply(rid)
+        assert isinstance(stack.outcome(rid), AttributionPayload)
+        stack.client.cancel([rid])  # answered already: a no-op
+        assert stack.status()["counters"].get("requests_cancelled", 0) == 0
+    finally:
+        other.close()
+
+
+# -- progress -------------------------------------------------------------------
+def test_progress_reports_queue_position_then_the_workers_steps(make_broker):
+    stack = make_broker()
+    worker = stack.worker()
+    busy = stack.client.submit("busy")
+    assert worker.next_request().request_id == busy
+    seen: list[tuple[str, p.Progress]] = []
+    watched = stack.client.submit("watched", progress=True)
+
+    def on_progress(request_id: str, progress: p.Progress) -> None:
+        seen.append((request_id, progress))
+
+    stack.client.wait([watched], 0.2, margin=0.0, on_progress=on_progress)
+    assert [(s.state, s.position) for _, s in seen] == [("queued", 0)]
+    worker.reply(busy)
+    assert worker.next_request().request_id == watched
+    worker.progress(watched, 4, 16)
+    worker.progress(busy, 1, 1)  # not its current request: dropped
+    worker.reply(watched)
+    outcome = stack.client.wait([watched], 5.0, margin=0.0, on_progress=on_progress)[watched]
+    assert isinstance(outcome, AttributionPayload)
+    states = [(s.state, s.done, s.total) for _, s in seen]
+    assert states == [("queued", 0, 0), ("running", 0, 0), ("running", 4, 16)]
+    assert {rid for rid, _ in seen} == {watched}
+
+
+def test_a_malformed_progress_is_dropped_and_counted(make_broker):
+    stack = make_broker()
+    worker = stack.worker()
+    rid = stack.client.submit("text", progress=True)
+    assert worker.next_request().request_id == rid
+    worker.send(p.Command.PROGRESS, b'{"state": "running", "done": -1}', request_id=rid)
+    wait_until(lambda: stack.status()["counters"].get("protocol_errors") == 1)
+    worker.reply(rid)
+    assert isinstance(stack.outcome(rid), AttributionPayload)
+
+
+# -- jobs -------------------------------------------------------------------------
+def test_a_job_runs_reports_progress_and_keeps_its_result_for_any_client(make_broker):
+    stack = make_broker()
+    worker = stack.worker()
+    state = stack.client.submit_job("text", options={"n_steps": 8})
+    job_id = state["job_id"]
+    assert len(job_id) == 32 and int(job_id, 16) >= 0  # 128 random bits
+    message = worker.next_request()
+    assert message.request_id == job_id
+    worker.progress(job_id, 3, 8)
+    wait_until(lambda: stack.client.job_status(job_id)["done"] == 3)
+    running = stack.client.job_status(job_id)
+    assert (running["state"], running["total"]) == ("running", 8)
+    with pytest.raises(JobNotFinished):
+        stack.client.job_result(job_id)
+    worker.reply(job_id)
+    wait_until(lambda: stack.client.job_status(job_id)["state"] == "done")
+    other = BrokerClient(stack.settings.frontend, context=stack.context)
+    try:  # another frontend (process or host) reads the same job
+        payload = other.job_result(job_id)
+        assert payload.meta == {"tokens": ["a"]}
+        assert other.job_result(job_id).tensors["x"].tolist() == [1.0]  # read again
+    finally:
+        other.close()
+    done = stack.client.job_status(job_id)
+    assert done["result_bytes"] > 0 and done["finished_at"] >= done["started_at"] >= done["created_at"]
+    assert stack.status()["jobs"]["finished"] == 1
+
+
+def test_cancelling_a_running_job_stops_its_worker_and_is_a_no_op_once_finished(make_broker):
+    stack = make_broker()
+    worker = stack.worker()
+    job_id = stack.client.submit_job("text")["job_id"]
+    assert worker.next_request().request_id == job_id
+    assert stack.client.job_cancel(job_id)["state"] in ("running", "cancelled")
+    assert worker.next_message(p.Command.CANCEL).request_id == job_id
+    worker.fail(job_id, Cancelled("stopped"))
+    state = stack.client.job_status(job_id)
+    assert state["state"] == "cancelled" and state["error"]["code"] == "cancelled"
+    with pytest.raises(Cancelled):
+        stack.client.job_result(job_id)
+    assert stack.client.job_cancel(job_id)["state"] == "cancelled"  # again: a no-op
+
+
+def test_a_failed_job_keeps_its_error_and_unknown_ids_are_404_with_the_restart_note(make_broker):
+    stack = make_broker()
+    worker = stack.worker()
+    job_id = stack.client.submit_job("text")["job_id"]
+    worker.fail(worker.next_request().request_id, ComputeFailed("the model raised"))
+    wait_until(lambda: stack.client.job_status(job_id)["state"] == "failed")
+    with pytest.raises(ComputeFailed):
+        stack.client.job_result(job_id)
+    for call in (stack.client.job_status, stack.client.job_result, stack.client.job_cancel):
+        with pytest.raises(UnknownJob, match="restarted"):
+            call("0" * 32)
+
+
+def test_a_job_whose_worker_dies_is_redispatched(make_broker):
+    stack = make_broker()
+    first, second = stack.worker(name="m-a"), stack.worker(name="m-b")
+    job_id = stack.client.submit_job("text")["job_id"]
+    assert first.next_request().request_id == job_id
+    stack.exits.put(WorkerExit("m-a", "m", -9))
+    assert second.next_request().request_id == job_id
+    second.reply(job_id)
+    wait_until(lambda: stack.client.job_status(job_id)["state"] == "done")
+
+
+def test_finished_jobs_are_evicted_by_age_then_answer_410(make_broker):
+    stack = make_broker(job_ttl=0.2)
+    worker = stack.worker()
+    job_id = stack.client.submit_job("text")["job_id"]
+    worker.reply(worker.next_request().request_id)
+    wait_until(lambda: stack.status()["jobs"]["evicted_ttl"] == 1)
+    with pytest.raises(JobGone, match="0.2 s"):
+        stack.client.job_result(job_id)
+    with pytest.raises(JobGone):
+        stack.client.job_status(job_id)
+
+
+def test_finished_jobs_are_evicted_oldest_first_past_the_byte_bound(make_broker):
+    stack = make_broker(job_store_bytes=2500)  # two jobs' overhead and small results fit, not three
+    worker = stack.worker()
+    ids = []
+    for _ in range(3):
+        ids.append(stack.client.submit_job("text")["job_id"])
+        worker.reply(worker.next_request().request_id)
+        wait_until(lambda: stack.client.job_status(ids[-1])["state"] == "done")
+    with pytest.raises(JobGone, match="2500 bytes"):
+        stack.client.job_result(ids[0])
+    assert stack.client.job_result(ids[2]).meta == {"tokens": ["a"]}
+    jobs = stack.status()["jobs"]
+    assert jobs["evicted_bytes"] == 1 and jobs["bytes"] <= 2500

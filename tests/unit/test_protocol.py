@@ -117,7 +117,7 @@ def test_status_keeps_the_keys_frontends_read():
     worker = p.WorkerStatus("w.1", "m", "idle", "cpu", "cores", "host", 3, 0, 1.0)
     status = p.BrokerStatus("m", {"m": model}, [worker], {"answered_ok": 2}, False)
     data = p.BrokerStatus.dict_from_json(status.to_json())
-    assert set(data) == {"default_model", "models", "workers", "counters", "stopping"}
+    assert set(data) == {"default_model", "models", "workers", "counters", "stopping", "jobs"}
     assert set(data["models"]["m"]) == {"workers", "idle", "queued", "labels", "defaults", "limits", "model",
                                         "description", "dtype", "expected", "load_error"}
     assert data["models"]["m"]["model"] == {"hidden": 8}
@@ -125,3 +125,55 @@ def test_status_keeps_the_keys_frontends_read():
                                        "served", "up_seconds"}
     with pytest.raises(p.ProtocolError):
         p.BrokerStatus.dict_from_json(p.dumps({"models": [], "workers": [], "counters": {}}))
+
+
+def test_cancel_and_progress_envelopes_carry_a_request_id_on_both_sides():
+    for header in (p.CLIENT, p.WORKER):
+        message = p.parse(p.envelope(header, p.Command.CANCEL, "r1"), header)
+        assert (message.command, message.request_id, message.body) == (p.Command.CANCEL, "r1", [])
+        with pytest.raises(p.ProtocolError, match="without a request id"):
+            p.parse([header, p.Command.CANCEL.value], header)
+        with pytest.raises(p.ProtocolError, match="missing frames"):
+            p.parse(p.envelope(header, p.Command.PROGRESS, "r1"), header)
+    for command in (p.Command.JOB_SUBMIT, p.Command.JOB_STATUS, p.Command.JOB_RESULT, p.Command.JOB_CANCEL):
+        with pytest.raises(p.ProtocolError, match="missing frames"):
+            p.parse(p.envelope(p.CLIENT, command, "r1"), p.CLIENT)
+
+
+def test_progress_round_trips_and_refuses_what_a_reader_would_trip_on():
+    progress = p.Progress("running", done=3, total=15, elapsed=1.25)
+    assert p.Progress.from_json(progress.to_json()) == progress
+    assert p.Progress.from_json(p.Progress("queued", position=2).to_json()).position == 2
+    for bad in ({"state": "done"}, {"state": "running", "done": -1}, {"state": "running", "total": 1.5},
+                {"state": "running", "done": True}, {"state": "running", "elapsed": "1"},
+                {"state": "queued", "position": 2 ** 60}, {"state": "running", "elapsed": 1e300}):
+        with pytest.raises(p.ProtocolError):
+            p.Progress.from_json(p.dumps(bad))
+
+
+def test_request_progress_flag_is_optional_and_strict():
+    body = p.RequestBody("m", "hi", {}, 5, progress=True)
+    assert p.RequestBody.from_json(body.to_json()).progress is True
+    assert p.RequestBody.from_json(p.RequestBody("m", "hi", {}, 5).to_json()).progress is False
+    assert b"progress" not in p.RequestBody("m", "hi", {}, 5).to_json()  # unchanged for old peers
+    with pytest.raises(p.ProtocolError, match="progress"):
+        p.RequestBody.from_json(p.dumps({"sequence": "x", "progress": "yes"}))
+
+
+def test_job_ids_are_128_random_bits_and_job_queries_are_bounded():
+    ids = {p.new_job_id() for _ in range(1000)}
+    assert len(ids) == 1000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert p.JobQuery.from_json(p.JobQuery("abc").to_json()).job_id == "abc"
+    for bad in ({}, {"job_id": ""}, {"job_id": "x" * 65}, {"job_id": 3}, {"job_id": "é"}):
+        with pytest.raises(p.ProtocolError, match="job_id"):
+            p.JobQuery.from_json(p.dumps(bad))
+
+
+def test_job_state_round_trips_and_validates_its_fields():
+    state = p.JobState("a" * 32, "failed", "m", done=2, total=8, created_at=1.7e9, started_at=1.7e9 + 1,
+                       finished_at=1.7e9 + 2, expires_at=1.7e9 + 3602, error={"code": "compute_failed"})
+    assert p.JobState.from_json(state.to_json()) == state
+    for bad in ({"state": "lost"}, {"state": "done", "done": -3}, {"state": "done", "created_at": "now"},
+                {"state": "done", "job_id": ""}):
+        with pytest.raises(p.ProtocolError):
+            p.JobState.from_json(p.dumps({**state.to_dict(), **bad}))
