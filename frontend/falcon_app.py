@@ -20,6 +20,7 @@ from intgrads_zmq.errors import IntgradsError
 from intgrads_zmq.options import Limits
 
 from .broker_pool import BrokerPool
+from .jobs import JobResource, JobResultResource, JobsResource
 from .metrics import Metrics
 from .model_limits import ModelLimits
 from .openapi import openapi_document
@@ -30,8 +31,12 @@ log = logging.getLogger("intgrads.frontend")
 STATIC = Path(__file__).parent / "static"
 
 
+# Statuses outside the standard list, with the reason phrase they are known by.
+EXTRA_STATUS_LINES = {499: "499 Client Closed Request"}
+
+
 def _intgrads_error(req: falcon.Request, resp: falcon.Response, exc: IntgradsError, params: Any) -> None:
-    resp.status = falcon.code_to_http_status(exc.status)
+    resp.status = EXTRA_STATUS_LINES.get(exc.status) or falcon.code_to_http_status(exc.status)
     resp.media = exc.to_dict()
     if exc.retry_after is not None:
         resp.set_header("Retry-After", str(max(1, math.ceil(exc.retry_after))))
@@ -127,6 +132,11 @@ def create_app(settings: FrontendSettings | None = None, pool: BrokerPool | None
         app.add_route(route, attribution)
     for route in ("/model/{name}", "/model/{name}/"):
         app.add_route(route, attribution)
+    jobs = JobsResource(pool, settings, limits)
+    for route in ("/jobs", "/jobs/"):
+        app.add_route(route, jobs)
+    app.add_route("/jobs/{job_id}", JobResource(pool, settings))
+    app.add_route("/jobs/{job_id}/result", JobResultResource(pool, settings))
     app.add_route("/models", ModelsResource(pool, settings))
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(pool, settings))

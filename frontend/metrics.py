@@ -48,6 +48,25 @@ class BrokerCollector:
         for event, count in status.get("counters", {}).items():
             events.add_metric([event], count)
         yield from (queued, ready, idle, events)
+        yield from _job_metrics(status.get("jobs") or {})
+
+
+def _job_metrics(jobs: dict[str, Any]) -> Iterator[Metric]:
+    """The broker's job store: jobs held, bytes held and allowed, evictions."""
+    gauges = (("intgrads_jobs_active", "Jobs queued or running", "active"),
+              ("intgrads_jobs_finished", "Finished jobs whose results are kept", "finished"),
+              ("intgrads_job_store_bytes", "Bytes of kept job results", "bytes"),
+              ("intgrads_job_store_max_bytes", "Bound on kept job results (--job-store-bytes)", "max_bytes"),
+              ("intgrads_job_ttl_seconds", "Seconds a finished job is kept (--job-ttl)", "ttl_seconds"))
+    for name, text, key in gauges:
+        if isinstance(jobs.get(key), int | float):
+            gauge = GaugeMetricFamily(name, text)
+            gauge.add_metric([], jobs[key])
+            yield gauge
+    evicted = CounterMetricFamily("intgrads_jobs_evicted", "Job results evicted, by bound", labels=["bound"])
+    for bound in ("ttl", "bytes"):
+        evicted.add_metric([bound], jobs.get(f"evicted_{bound}", 0))
+    yield evicted
 
 
 class Metrics:

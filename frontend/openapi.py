@@ -42,6 +42,63 @@ def _request_schema(limits: Limits) -> dict[str, Any]:
     }
 
 
+JOB_ID = {"name": "job_id", "in": "path", "required": True,
+          "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}
+JOB_STATE = {"type": "object", "properties": {
+    "job_id": {"type": "string"},
+    "state": {"type": "string", "enum": ["queued", "running", "done", "failed", "cancelled"]},
+    "model": {"type": "string"},
+    "position": {"type": "integer", "nullable": True, "description": "requests ahead of it while queued"},
+    "progress": {"type": "object", "description": "done / total path steps, eta_seconds"},
+    "timings": {"type": "object"},
+    "created_at": {"type": "number"}, "started_at": {"type": "number", "nullable": True},
+    "finished_at": {"type": "number", "nullable": True}, "expires_at": {"type": "number", "nullable": True},
+    "result_bytes": {"type": "integer"},
+    "error": {"allOf": [ERROR], "nullable": True},
+    "status_url": {"type": "string"}, "result_url": {"type": "string"},
+}}
+GONE = "The job finished but its result was evicted (older than --job-ttl, or past --job-store-bytes)"
+UNKNOWN_JOB = ("Unknown job id; jobs live in the broker's memory, so a job made before the broker last "
+               "restarted is unknown too")
+SSE = ("With Accept: text/event-stream: Server-Sent Events 'queued' {position}, 'progress' "
+       "{done, total, elapsed, eta_seconds} (0 or more), then 'result' (the JSON reply) or 'error' "
+       "(the JSON error body plus 'status'). A client that disconnects cancels the request.")
+
+
+def _jobs_paths(limits: Limits) -> dict[str, Any]:
+    state = {"description": "The job's state", "content": {"application/json": {"schema": JOB_STATE}}}
+    return {
+        "/jobs/": {"post": {
+            "summary": "Start a job: same body as POST /model/ (one 'sequence'; batches are refused)",
+            "parameters": [{"name": "model", "in": "query", "required": False, "schema": {"type": "string"}},
+                           {"name": "format", "in": "query", "required": False,
+                            "description": "json: keep a summary only; otherwise all tensors are kept",
+                            "schema": {"type": "string"}}],
+            "requestBody": {"required": True,
+                            "content": {"application/json": {"schema": _request_schema(limits)}}},
+            "responses": {"202": {**state, "description": "Accepted; Location names the job"},
+                          "400": _error("Invalid body, option, or a batch"), "404": _error("Unknown model"),
+                          "503": _error("Overloaded or no worker (see Retry-After)")}}},
+        "/jobs/{job_id}": {
+            "get": {"summary": "A job's state, progress and timings", "parameters": [JOB_ID],
+                    "responses": {"200": state, "404": _error(UNKNOWN_JOB), "410": _error(GONE)}},
+            "delete": {"summary": "Cancel a job (its worker stops at its next chunk); a no-op once finished",
+                       "parameters": [JOB_ID],
+                       "responses": {"200": state, "404": _error(UNKNOWN_JOB), "410": _error(GONE)}}},
+        "/jobs/{job_id}/result": {"get": {
+            "summary": "A finished job's reply, in any output format (?format= or Accept, as /model/)",
+            "parameters": [JOB_ID, {"name": "format", "in": "query", "required": False,
+                                    "schema": {"type": "string", "enum": ["torch", "gzip", "json", "safetensors"]}}],
+            "responses": {"200": {"description": "As POST /model/"},
+                          "404": _error(UNKNOWN_JOB),
+                          "409": _error("The job has not finished (see Retry-After)"),
+                          "410": _error(GONE),
+                          "499": _error("The job was cancelled"),
+                          "500": _error("The job failed (its error)"),
+                          "504": _error("The job passed its deadline")}}},
+    }
+
+
 def _attribution_operation(limits: Limits, named: bool) -> dict[str, Any]:
     parameters = [{"name": "format", "in": "query", "required": False,
                    "schema": {"type": "string", "enum": ["torch", "gzip", "json", "safetensors"]}}]
@@ -51,6 +108,7 @@ def _attribution_operation(limits: Limits, named: bool) -> dict[str, Any]:
                                       "pattern": "^[A-Za-z0-9_.-]+$"}})
     return {
         "summary": "Integrated and intermediate gradients of a text" + (" for a named model" if named else ""),
+        "description": SSE,
         "parameters": parameters,
         "requestBody": {"required": True,
                         "content": {"application/json": {"schema": _request_schema(limits)}}},
@@ -61,11 +119,13 @@ def _attribution_operation(limits: Limits, named: bool) -> dict[str, Any]:
                     "application/gzip": {"schema": {"type": "string", "format": "binary"}},
                     "application/json": {"schema": {"type": "object"}},
                     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                    "text/event-stream": {"schema": {"type": "string"}},
                 },
             },
             "400": _error("Invalid body or option (the 'field' names it)"),
             "404": _error("Unknown model"),
             "413": _error("Body too large"),
+            "499": _error("Cancelled: the client disconnected (it never sees this; logged and counted)"),
             "500": _error("The model failed on this input"),
             "503": _error("Overloaded, no worker, or broker unavailable (see Retry-After)"),
             "504": _error("Deadline passed"),
@@ -83,6 +143,7 @@ def openapi_document(limits: Limits) -> dict[str, Any]:
         "paths": {
             "/model/": {"post": _attribution_operation(limits, named=False)},
             "/model/{name}/": {"post": _attribution_operation(limits, named=True)},
+            **_jobs_paths(limits),
             "/models": {"get": {"summary": "Served models", "responses": {
                 "200": json_ok, "503": _error("Broker unavailable")}}},
             "/healthz": {"get": {"summary": "Process alive", "responses": {"200": json_ok}}},

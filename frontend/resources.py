@@ -2,6 +2,9 @@
 
 Handlers validate, forward to the broker over ZeroMQ and encode the answer in
 the format the client asked for. They never import torch or touch a model.
+While a request waits, its client's socket is watched: a client that
+disconnects has its requests cancelled at the broker (the worker stops at
+its next chunk). ``Accept: text/event-stream`` streams progress (see sse.py).
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from intgrads_zmq.encoding import FORMATS, encode, negotiate
 from intgrads_zmq.errors import BadRequest, IntgradsError, NotReady, PayloadTooLarge
 from intgrads_zmq.options import TENSOR_FIELDS, parse_request
 
+from . import sse
 from .broker_pool import BrokerPool
+from .disconnect import client_gone_check
 from .model_limits import ModelLimits, limits_in_status
 from .settings import FrontendSettings
 
@@ -78,20 +83,20 @@ class AttributionResource:
         self.limits = limits
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, name: str | None = None) -> None:
-        fmt = negotiate(req.get_param("format"), req.get_header("Accept"))
+        streaming = sse.wants_event_stream(req.get_header("Accept"))
+        fmt = "json" if streaming else negotiate(req.get_param("format"), req.get_header("Accept"))
         body = read_json_body(req, self.settings.max_body_bytes)
         parsed = parse_request(body, self.limits.for_model(name))
-        options = dict(parsed.options)
-        if "fields" not in options:  # JSON is a summary unless tensors are asked for
-            options["fields"] = [] if fmt == "json" else list(TENSOR_FIELDS)
-        else:
-            options["fields"] = list(options["fields"])
+        options = request_options(parsed.options, fmt)
         client = self.pool.client()
+        if streaming:
+            self._stream(req, resp, parsed, name, options)
+            return
         ids = [
             client.submit(text, model=name, options=options, timeout=self.settings.timeout)
             for text in parsed.sequences
         ]
-        outcomes = client.wait(ids, self.settings.timeout)
+        outcomes = client.wait(ids, self.settings.timeout, stop_if=client_gone_check(req.env))
         payloads = []
         for index, request_id in enumerate(ids):
             outcome = outcomes[request_id]
@@ -111,6 +116,34 @@ class AttributionResource:
         resp.content_type = body.media_type
         if body.filename:
             resp.set_header("Content-Disposition", f'attachment; filename="{body.filename}"')
+
+
+    def _stream(self, req: falcon.Request, resp: falcon.Response, parsed: Any, name: str | None,
+                options: dict[str, Any]) -> None:
+        if parsed.batch:
+            raise BadRequest("an event stream carries one text: send 'sequence', not 'sequences'",
+                             field="sequences")
+        client = self.pool.client()
+
+        def submit() -> str:
+            return client.submit(parsed.sequences[0], model=name, options=options,
+                                 timeout=self.settings.timeout, progress=True)
+
+        resp.content_type = sse.MEDIA_TYPE
+        resp.set_header("Cache-Control", "no-cache")
+        resp.set_header("X-Accel-Buffering", "no")  # nginx: pass events on as they come
+        resp.stream = sse.stream_attribution(client, submit, self.settings.timeout, client_gone_check(req.env))
+
+
+def request_options(options: Any, fmt: str) -> dict[str, Any]:
+    """The options sent to the broker: JSON is a summary unless tensors are
+    asked for; the binary formats carry all four tensors by default."""
+    out = dict(options)
+    if "fields" not in out:
+        out["fields"] = [] if fmt == "json" else list(TENSOR_FIELDS)
+    else:
+        out["fields"] = list(out["fields"])
+    return out
 
 
 class ModelsResource:

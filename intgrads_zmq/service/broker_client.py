@@ -165,6 +165,19 @@ class BrokerClient:
             results[rid] = DeadlineExceeded("no answer from the broker before the deadline")
         return results
 
+    def wait_some(self, request_ids: list[str], seconds: float, *,
+                  on_progress: ProgressCallback | None = None) -> dict[str, Outcome]:
+        """The answers among ``request_ids`` that arrive within ``seconds``
+        (maybe none): for a caller that does something between waits, such
+        as streaming progress. A lost connection answers every one."""
+        results: dict[str, Outcome] = {}
+        if self._drain_monitor():
+            lost = BrokerUnavailable("the connection to the broker was lost", retry_after=1.0)
+            return {rid: lost for rid in request_ids}
+        if self.socket.poll(int(max(0.0, seconds) * 1000), zmq.POLLIN):
+            self._receive(set(request_ids), results, on_progress)
+        return results
+
     def give_up(self, request_ids: list[str], results: dict[str, Outcome]) -> None:
         """Cancel requests at the broker and record them as cancelled here."""
         self.cancel(request_ids)

@@ -23,7 +23,9 @@ from intgrads_zmq import errors
 from intgrads_zmq.encoding import FORMATS
 from intgrads_zmq.options import TENSOR_FIELDS, Limits
 from intgrads_zmq.payload import AttributionPayload, RawTensor
+from intgrads_zmq.service import protocol as p
 
+JOB_ID = "0123456789abcdef0123456789abcdef"
 SETTINGS = FrontendSettings(broker="inproc://unused", timeout=5.0, max_body_bytes=4096)
 
 
@@ -56,15 +58,50 @@ class FakeClient:
         self.outcome = outcome
         self.submitted: list[tuple[str, str | None, dict[str, Any]]] = []
         self.status_calls = 0
+        self.cancelled: list[str] = []
+        self.job_state = "running"
 
     def submit(self, sequence: str, *, model: str | None = None, options: dict[str, Any] | None = None,
-               timeout: float | None = None) -> str:
+               timeout: float | None = None, progress: bool = False) -> str:
         self.submitted.append((sequence, model, dict(options or {})))
         return f"id-{len(self.submitted)}"
 
-    def wait(self, request_ids: list[str], timeout: float) -> dict[str, Any]:
+    def wait(self, request_ids: list[str], timeout: float, **_watchers: Any) -> dict[str, Any]:
         by_id = {f"id-{i + 1}": options for i, (_, _, options) in enumerate(self.submitted)}
         return {rid: self.outcome or _payload(by_id[rid]) for rid in request_ids}
+
+    def wait_some(self, request_ids: list[str], seconds: float, *, on_progress: Any = None) -> dict[str, Any]:
+        """The stream's view: a queue position, two progress reports, then the answer."""
+        for update in (p.Progress("queued", position=1), p.Progress("running"),
+                       p.Progress("running", done=5, total=20, elapsed=1.0)):
+            on_progress(request_ids[0], update)
+        return self.wait(request_ids, seconds)
+
+    def cancel(self, request_ids: list[str]) -> None:
+        self.cancelled.extend(request_ids)
+
+    # jobs: one job, JOB_ID, whose state and outcome the test sets
+    def submit_job(self, sequence: str, **kwargs: Any) -> dict[str, Any]:
+        self.submitted.append((sequence, kwargs.get("model"), dict(kwargs.get("options") or {})))
+        return self.job_status(JOB_ID)
+
+    def job_status(self, job_id: str, **_: Any) -> dict[str, Any]:
+        if job_id != JOB_ID:
+            raise errors.UnknownJob(f"no job {job_id}")
+        if isinstance(self.outcome, errors.JobGone):
+            raise self.outcome
+        return {"job_id": job_id, "state": self.job_state, "model": "tiny", "done": 5, "total": 20,
+                "created_at": 100.0, "started_at": 101.0, "finished_at": None, "position": None}
+
+    def job_cancel(self, job_id: str, **kwargs: Any) -> dict[str, Any]:
+        self.cancelled.append(job_id)
+        return self.job_status(job_id, **kwargs)
+
+    def job_result(self, job_id: str, **_: Any) -> AttributionPayload:
+        self.job_status(job_id)
+        if self.outcome is not None:
+            raise self.outcome
+        return _payload(self.submitted[-1][2])
 
     def status(self, timeout: float = 2.0) -> dict[str, Any]:
         self.status_calls += 1
@@ -258,3 +295,108 @@ def test_openapi_document():
     web, _ = _app(_status(tiny=_model()))
     document = web.simulate_get("/openapi.json").json
     assert document["openapi"].startswith("3.") and "/model/" in document["paths"]
+
+
+# -- progress as Server-Sent Events ---------------------------------------------------
+def _events(text: str) -> list[tuple[str, Any]]:
+    events = []
+    for block in text.strip().split("\n\n"):
+        lines = block.split("\n")
+        name = lines[0].removeprefix("event: ")
+        events.append((name, json.loads("\n".join(line.removeprefix("data: ") for line in lines[1:]))))
+    return events
+
+
+def test_an_event_stream_sends_queued_then_progress_then_the_json_result():
+    web, fake = _app(_status(tiny=_model()))
+    result = web.simulate_post("/model/", json={"sequence": "a film"}, headers={"Accept": "text/event-stream"})
+    assert result.status_code == 200 and result.headers["content-type"].startswith("text/event-stream")
+    events = _events(result.text)
+    assert [name for name, _ in events] == ["queued", "progress", "progress", "result"]
+    assert events[0][1] == {"position": 1}
+    assert events[2][1] == {"done": 5, "total": 20, "elapsed": 1.0, "eta_seconds": 3.0}
+    assert events[3][1]["tokens"] == ["[CLS]", "[SEP]"] and events[3][1]["tensors"] == {}  # as format json
+    assert fake.submitted[0][2]["fields"] == [] and fake.cancelled == []
+
+
+def test_an_event_stream_ends_with_the_error_body_and_refuses_batches():
+    web, _ = _app(_status(tiny=_model()), outcome=errors.ComputeFailed("the model raised"))
+    result = web.simulate_post("/model/", json={"sequence": "a film"}, headers={"Accept": "text/event-stream"})
+    name, body = _events(result.text)[-1]
+    assert name == "error" and body["code"] == "compute_failed" and body["status"] == 500
+    batch = web.simulate_post("/model/", json={"sequences": ["a", "b"]}, headers={"Accept": "text/event-stream"})
+    assert batch.status_code == 400 and _error_body(batch)["field"] == "sequences"
+
+
+def test_an_abandoned_event_stream_cancels_its_request():
+    from frontend import sse
+
+    fake = FakeClient(_status(tiny=_model()))
+    stream = sse.stream_attribution(fake, lambda: fake.submit("a film"), 5.0, client_gone=lambda: False)
+    assert next(stream).startswith(b"event: queued")
+    stream.close()  # what the server does when the client's socket is gone
+    assert fake.cancelled == ["id-1"]
+
+
+# -- jobs ---------------------------------------------------------------------------------
+def test_posting_a_job_answers_202_with_its_urls_and_keeps_all_tensors_by_default():
+    web, fake = _app(_status(tiny=_model()))
+    result = web.simulate_post("/jobs/", json={"sequence": "a film", "n_steps": 20})
+    assert result.status_code == 202 and result.headers["location"] == f"/jobs/{JOB_ID}"
+    body = result.json
+    assert body["job_id"] == JOB_ID and body["status_url"] == f"/jobs/{JOB_ID}"
+    assert body["result_url"] == f"/jobs/{JOB_ID}/result" and body["progress"]["done"] == 5
+    assert fake.submitted[-1][2]["fields"] == list(TENSOR_FIELDS)
+    web.simulate_post("/jobs/", params={"format": "json"}, json={"sequence": "a film"})
+    assert fake.submitted[-1][2]["fields"] == []
+
+
+def test_a_job_batch_is_refused_with_400():
+    web, _ = _app(_status(tiny=_model()))
+    result = web.simulate_post("/jobs/", json={"sequences": ["a", "b"]})
+    assert result.status_code == 400 and _error_body(result)["field"] == "sequences"
+
+
+def test_a_jobs_result_comes_in_any_format_and_delete_cancels():
+    web, fake = _app(_status(tiny=_model()))
+    web.simulate_post("/jobs/", json={"sequence": "a film"})
+    as_json = web.simulate_get(f"/jobs/{JOB_ID}/result", params={"format": "json"})
+    assert as_json.status_code == 200 and set(as_json.json["tensors"]) == set(TENSOR_FIELDS)
+    binary = web.simulate_get(f"/jobs/{JOB_ID}/result", headers={"Accept": "application/safetensors"})
+    assert binary.headers["content-type"] == FORMATS["safetensors"].media_type
+    assert web.simulate_delete(f"/jobs/{JOB_ID}").status_code == 200 and fake.cancelled == [JOB_ID]
+
+
+@pytest.mark.parametrize(("error", "status"), [
+    (errors.JobGone("evicted"), "410 Gone"), (errors.JobNotFinished("running"), "409 Conflict"),
+    (errors.Cancelled("cancelled"), "499 Client Closed Request"), (errors.DeadlineExceeded("late"), "504 Gateway Timeout"),
+])
+def test_a_jobs_result_errors_keep_their_one_status(error, status):
+    web, _ = _app(_status(tiny=_model()), outcome=error)
+    result = web.simulate_get(f"/jobs/{JOB_ID}/result")
+    assert result.status == status and _error_body(result)["code"] == error.code
+
+
+def test_a_malformed_or_unknown_job_id_is_404():
+    web, _ = _app(_status(tiny=_model()))
+    for job_id in ("not-an-id", "f" * 32, "A" * 32):
+        result = web.simulate_get(f"/jobs/{job_id}")
+        assert result.status_code == 404 and _error_body(result)["code"] == "unknown_job"
+
+
+def test_openapi_documents_jobs_and_the_new_statuses():
+    web, _ = _app(_status(tiny=_model()))
+    document = web.simulate_get("/openapi.json").json
+    assert {"/jobs/", "/jobs/{job_id}", "/jobs/{job_id}/result"} <= set(document["paths"])
+    responses = document["paths"]["/jobs/{job_id}/result"]["get"]["responses"]
+    assert {"404", "409", "410", "499"} <= set(responses)
+    assert "text/event-stream" in document["paths"]["/model/"]["post"]["responses"]["200"]["content"]
+
+
+def test_metrics_expose_the_job_store():
+    status = {**_status(tiny=_model()), "jobs": {"active": 1, "finished": 2, "bytes": 4096, "max_bytes": 8192,
+                                                 "ttl_seconds": 60.0, "evicted_ttl": 3, "evicted_bytes": 4}}
+    web, _ = _app(status)
+    text = web.simulate_get("/metrics").text
+    assert "intgrads_job_store_bytes 4096.0" in text and "intgrads_jobs_finished 2.0" in text
+    assert 'intgrads_jobs_evicted_total{bound="bytes"} 4.0' in text
