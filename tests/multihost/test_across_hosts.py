@@ -5,6 +5,7 @@ and a slow link. Figures are printed (run with -s to see them)."""
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import time
 
@@ -205,7 +206,8 @@ def test_peers_without_the_right_keys_are_refused_and_logged_and_the_frontend_po
     assert all("zmtp_cryptographic" in line for line in impostor)  # it cannot decrypt the broker's greeting
     assert "intruder" not in models and "impostor" not in models
     assert [name for name in models] == [MODEL]
-    assert all("handshake failed" in line for line in plain_zmq_refusals)  # libzmq gives no detail
+    # libzmq names the mismatch, or (when the peer's greeting is cut short) no detail
+    assert all(re.search(r"zmtp_mechanism_mismatch|handshake failed", line) for line in plain_zmq_refusals)
     assert plain_zmq.stdout.strip() == "no answer"
     assert plain.stdout.startswith("reset") or "received 0 bytes" in plain.stdout, plain.stdout  # never answered
     assert f"tcp://{gpu1.front_address}:{BACKEND_PORT}" in plain_closed[0]
@@ -226,12 +228,13 @@ def test_a_slow_link_keeps_throughput_and_heartbeats(cluster, tmp_path):
         first = wait_until(lambda: cluster.registered(far), 90, "the worker behind the slow link to register")
         identity = next(iter(first.values()))["identity"]
         texts = [TEXTS[i % len(TEXTS)] for i in range(16)]
+        # A worker's first request of each length is slower (allocations, kernels): warm both paths.
+        warm = post_all(cluster, TEXTS, 1, model=far) + post_all(cluster, TEXTS * 3, CLIENTS)
+        far_one = post_all(cluster, TEXTS, 1, model=far, fmt="json")  # one client: latency
+        near_one = post_all(cluster, TEXTS, 1, model=MODEL, fmt="json")
         start = time.monotonic()
-        slow = post_all(cluster, texts, 4, model=far, fmt="json")
+        slow = post_all(cluster, texts, 4, model=far, fmt="json")  # four clients: throughput
         slow_seconds = time.monotonic() - start
-        near_start = time.monotonic()
-        near = post_all(cluster, texts[:8], 1, model=MODEL)
-        near_seconds = time.monotonic() - near_start
         time.sleep(3 * 0.5 * 2)  # two heartbeat-expiry windows with the worker idle behind the delay
         still = cluster.registered(far)
         removals = lines_with(cluster.broker_log(), f"worker {identity} removed")
@@ -240,12 +243,18 @@ def test_a_slow_link_keeps_throughput_and_heartbeats(cluster, tmp_path):
         worker.wait(timeout=30)
         proxy.terminate()
         proxy.wait(timeout=10)
+    def median_ms(results: list[tuple[int, bytes, float]]) -> float:
+        return statistics.median(seconds for _, _, seconds in results) * 1000
+
     figure(f"slow link ({LINK_DELAY * 1000:.0f} ms each way, {2 * LINK_DELAY * 1000:.0f} ms round trip, by "
-           f"intgrads_zmq.testing.delay_proxy): {len(texts)} requests from 4 clients in {slow_seconds:.1f} s "
-           f"({len(texts) / slow_seconds:.1f}/s), median {statistics.median(s for _, _, s in slow) * 1000:.0f} ms; "
-           f"direct link, 1 client: median {statistics.median(s for _, _, s in near) * 1000:.0f} ms "
-           f"({8 / near_seconds:.1f}/s); worker removed by heartbeats: {len(removals)} times")
-    assert all(code == 200 for code, _, _ in slow + near)
-    assert all(json.loads(body)["model"] == far for _, body, _ in slow)
+           f"intgrads_zmq.testing.delay_proxy): one client, median {median_ms(far_one):.0f} ms per request vs "
+           f"{median_ms(near_one):.0f} ms over a direct link; {len(texts)} requests from 4 clients in "
+           f"{slow_seconds:.1f} s ({len(texts) / slow_seconds:.1f}/s) through one worker; "
+           f"worker removed by heartbeats: {len(removals)} times")
+    assert all(code == 200 for code, _, _ in warm + slow + far_one + near_one)
+    assert all(json.loads(body)["model"] == far for _, body, _ in slow + far_one)
+    # the same numbers whichever link carried them
+    assert [json.loads(b)["attributions"] for _, b, _ in far_one] == [json.loads(b)["attributions"]
+                                                                      for _, b, _ in near_one]
     assert not removals, removals
     assert [w["identity"] for w in still.values()] == [identity]
