@@ -1,0 +1,140 @@
+"""Memory soak: does gunicorn's resident memory level off under a long mixed load?
+
+A report had gunicorn's RSS rise 103 -> 287 MB over 450 mixed requests. This
+runs --requests (default 5,000) requests against a real stack (broker, tiny
+BERT workers, gunicorn) from a few client threads: JSON, torch and
+safetensors replies, short to long texts, every baseline, batches, and a few
+bad requests. It samples VmRSS of every gunicorn process (from
+/proc/PID/status) after 0, 500, 1000, 2000, ... requests and prints the table
+and the ratio last/at-1000 (about 1.0: levelled off).
+
+    python bench/memory_soak.py [--requests 5000] [--clients 4] [--budget 600]
+
+--budget stops sending after that many seconds (the table then ends early).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from intgrads_zmq.options import BASELINES
+from intgrads_zmq.testing.stack import descendants, http, start_broker, start_frontend
+from intgrads_zmq.testing.tiny_models import make_tiny_bert
+
+CHECKPOINTS = (0, 500, 1000, 2000, 3000, 4000, 5000)
+WORDS = "the film was a quiet wonder and the acting moved me although the middle drags".split()
+FORMATS = ("json", "torch", "safetensors")
+BAD_BODIES = (b"{not json", b'{"sequence": "x", "n_steps": 0}', b'{"sequences": []}', b"",
+              b'{"sequence": "x", "baseline": "nope"}')
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def request_for(index: int) -> tuple[str, bytes]:
+    """The index-th request of the mix: (path with query, body). One in 25 is bad."""
+    if index % 25 == 24:
+        return "/model/", BAD_BODIES[(index // 25) % len(BAD_BODIES)]
+    length = (3, 12, 40, 120)[index % 4]
+    text = " ".join(itertools.islice(itertools.cycle(WORDS[index % len(WORDS):] + WORDS), length))
+    options = {"n_steps": (2, 8, 32, 64, 4)[index % 5], "baseline": BASELINES[index % len(BASELINES)]}
+    body = {"sequences": [text, text[::-1]], **options} if index % 10 == 3 else {"sequence": text, **options}
+    return f"/model/?format={FORMATS[index % len(FORMATS)]}", json.dumps(body).encode()
+
+
+class Load:
+    """Client threads sharing one request counter; pauses at each checkpoint
+    so RSS is sampled with no request in flight."""
+
+    def __init__(self, url: str, clients: int, total: int, deadline: float) -> None:
+        self.url, self.clients, self.total, self.deadline = url, clients, total, deadline
+        self.lock = threading.Lock()
+        self.next = 0
+        self.stop_at = 0
+        self.statuses: dict[int, int] = {}
+
+    def _take(self) -> int | None:
+        with self.lock:
+            if self.next >= self.stop_at or time.monotonic() > self.deadline:
+                return None
+            self.next += 1
+            return self.next - 1
+
+    def _client(self) -> None:
+        while (index := self._take()) is not None:
+            path, body = request_for(index)
+            status, _, _ = http("POST", self.url + path, data=body, timeout=120)
+            with self.lock:
+                self.statuses[status] = self.statuses.get(status, 0) + 1
+
+    def run_to(self, count: int) -> int:
+        """Send requests until ``count`` were sent (or the budget ran out); how many were."""
+        self.stop_at = count
+        threads = [threading.Thread(target=self._client) for _ in range(self.clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return self.next
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--budget", type=float, default=600.0, help="seconds of sending at most")
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="igz-soak-"))
+    model = make_tiny_bert(folder / "tiny-bert")
+    broker = start_broker(["--model", str(model), "--name", "tiny", "--max-length", "128"],
+                          workers=args.workers, folder=folder)
+    try:
+        broker.wait_ready(timeout=120)
+        frontend = start_frontend(broker.frontend, folder=folder,
+                                  env={"INTGRADS_MAX_SEQUENCES": "4", "INTGRADS_MAX_STEPS": "64"})
+        try:
+            soak(frontend, args)
+        finally:
+            frontend.stop()
+    finally:
+        broker.stop()
+
+
+def soak(frontend, args: argparse.Namespace) -> None:
+    pids = [frontend.process.pid, *descendants(frontend.process.pid)]
+    load = Load(frontend.url, args.clients, args.requests, time.monotonic() + args.budget)
+    points = sorted({c for c in CHECKPOINTS if c <= args.requests} | {args.requests})
+    rows, started = [], time.monotonic()
+    print(f"gunicorn pids (master first): {pids}; {args.clients} clients, {args.requests} requests")
+    print(f"{'requests':>9} {'seconds':>8} " + " ".join(f"{'RSS MB ' + str(p):>14}" for p in pids))
+    for point in points:
+        sent = load.run_to(point)
+        sizes = [rss_kib(pid) / 1024 for pid in pids]
+        rows.append((sent, sizes))
+        print(f"{sent:>9} {time.monotonic() - started:>8.1f} " + " ".join(f"{s:>14.1f}" for s in sizes),
+              flush=True)
+        if sent < point:
+            print(f"(the --budget of {args.budget:g} s ran out after {sent} requests)")
+            break
+    print(f"statuses: {dict(sorted(load.statuses.items()))}")
+    at_1000 = [sizes for sent, sizes in rows if sent >= 1000]
+    if at_1000 and len(rows) > 1:
+        worker = len(pids) - 1  # the last gunicorn process: its (only) worker with the default settings
+        ratio = rows[-1][1][worker] / at_1000[0][worker]
+        print(f"worker RSS after {rows[-1][0]} requests / after 1000: {ratio:.3f} "
+              f"({rows[-1][1][worker] - at_1000[0][worker]:+.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()
