@@ -117,6 +117,7 @@ class JobStore:
         record.finished_at, record.finished_mono, record.position = time.time(), now, None
         if error is None:
             record.state = "done"
+            record.done = record.total = max(record.done, record.total)  # the last chunk ran unreported
         else:
             record.state = "cancelled" if error.code == "cancelled" else "failed"
             record.error = error.to_dict()
