@@ -30,16 +30,18 @@ def figure(text: str) -> None:
     print(f"\n[multihost] {text}")
 
 
-def post_all(cluster, texts: list[str], clients: int, model: str = MODEL,
-             fmt: str | None = None) -> list[tuple[int, bytes, float]]:
-    """POST every text from ``clients`` threads inside the front host; (status, body, seconds) each."""
-    def one(text: str) -> tuple[int, bytes, float]:
+def post_all(cluster, texts: list[str], clients: int, model: str = MODEL, fmt: str | None = None,
+             models: list[str] | None = None) -> list[tuple[int, bytes, float]]:
+    """POST every text (to ``model``, or to ``models[i]``) from ``clients`` threads inside the front
+    host; (status, body, seconds) each."""
+    def one(text: str, name: str) -> tuple[int, bytes, float]:
         start = time.monotonic()
-        code, body = cluster.post(text, n_steps=N_STEPS, model=model, fmt=fmt)
+        code, body = cluster.post(text, n_steps=N_STEPS, model=name, fmt=fmt)
         return code, body, time.monotonic() - start
 
+    names = models or [model] * len(texts)
     with cluster.lab.executor(cluster.lab.front, clients) as pool:
-        return list(pool.map(one, texts))
+        return list(pool.map(one, texts, names))
 
 
 def served(cluster, model: str = MODEL) -> dict[str, int]:
@@ -229,9 +231,11 @@ def test_a_slow_link_keeps_throughput_and_heartbeats(cluster, tmp_path):
         identity = next(iter(first.values()))["identity"]
         texts = [TEXTS[i % len(TEXTS)] for i in range(16)]
         # A worker's first request of each length is slower (allocations, kernels): warm both paths.
-        warm = post_all(cluster, TEXTS, 1, model=far) + post_all(cluster, TEXTS * 3, CLIENTS)
-        far_one = post_all(cluster, TEXTS, 1, model=far, fmt="json")  # one client: latency
-        near_one = post_all(cluster, TEXTS, 1, model=MODEL, fmt="json")
+        warm = post_all(cluster, TEXTS, 1, model=far) + post_all(cluster, TEXTS * 4, CLIENTS)
+        # One client, alternating between the links so that the machine's other load hits both alike.
+        alternating = post_all(cluster, [t for t in TEXTS * 2 for _ in (far, MODEL)], 1, fmt="json",
+                               models=[far, MODEL] * len(TEXTS) * 2)
+        far_one, near_one = alternating[0::2], alternating[1::2]
         start = time.monotonic()
         slow = post_all(cluster, texts, 4, model=far, fmt="json")  # four clients: throughput
         slow_seconds = time.monotonic() - start
@@ -256,5 +260,6 @@ def test_a_slow_link_keeps_throughput_and_heartbeats(cluster, tmp_path):
     # the same numbers whichever link carried them
     assert [json.loads(b)["attributions"] for _, b, _ in far_one] == [json.loads(b)["attributions"]
                                                                       for _, b, _ in near_one]
+    assert [json.loads(b)["model"] for _, b, _ in near_one] == [MODEL] * len(near_one)
     assert not removals, removals
     assert [w["identity"] for w in still.values()] == [identity]
