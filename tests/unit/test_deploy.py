@@ -253,7 +253,12 @@ def test_kubernetes_commands_are_accepted_by_the_installed_cli(tmp_path):
             assert argv[1:] == ["frontend:app"]
         else:
             assert container["name"] == "copy-keys" and argv[:2] == ["sh", "-c"]
-    assert set(parsed) == {"broker", "worker"}
+        probe = container.get("livenessProbe", {}).get("exec")
+        if probe:
+            parsed[f"{container['name']} probe"] = parse_cli(probe["command"], {})
+    assert set(parsed) == {"broker", "worker", "broker probe"}
+    assert option(pod_spec(by_kind(objects, "Deployment")["intgrads-broker"])["containers"][0]["args"],
+                  "--frontend") == parsed["broker probe"].params["frontend"]
     worker = parsed["worker"].params
     assert worker["cuda"] is True and worker["model_dir"].endswith("/models/model") and worker["name"] == "model"
     assert parsed["broker"].params["name"] == worker["name"] and parsed["broker"].params["workers"] == 0
