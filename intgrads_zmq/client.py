@@ -19,6 +19,15 @@ reached raises :class:`ServerUnreachable`, a deadline raises
     >>> client = Client("http://localhost:8888")
     >>> grads = client.attribute("a great film", n_steps=20)
     >>> grads["integrated_gradients"].shape
+
+Long requests: ``attribute(..., progress=callback)`` reports progress as it
+goes (Server-Sent Events for format "json"; a job polled for the other
+formats), and :meth:`Client.submit` starts a job that outlives the call::
+
+    >>> job = client.submit("a long text ...", n_steps=300)
+    >>> job.status()["state"]          # queued / running / done / failed / cancelled
+    >>> grads = job.result(progress=print)   # waits, polling; any format
+    >>> job.cancel()                   # stops the worker at its next chunk
 """
 
 from __future__ import annotations
@@ -32,14 +41,18 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from http.client import HTTPException, HTTPResponse
 from typing import Any
 
 from . import __version__
 from .errors import IntgradsError
 
-__all__ = ["FORMATS", "ApiError", "Client", "RequestTimeout", "ServerUnreachable"]
+__all__ = ["FORMATS", "ApiError", "Client", "Job", "RequestTimeout", "ServerUnreachable"]
+
+Progress = Callable[[dict[str, Any]], None]
+FINISHED_STATES = ("done", "failed", "cancelled")
+POLL_SECONDS = 0.5
 
 FORMATS = ("torch", "json", "safetensors")
 _READ_CHUNK = 1 << 20
@@ -177,6 +190,7 @@ class Client:
         fields: Iterable[str] | None = None,
         format: str = "torch",
         timeout: float | None = None,
+        progress: Progress | None = None,
     ) -> dict[str, Any]:
         """Explain one text; returns its tensors and metadata as one dict.
 
@@ -186,10 +200,105 @@ class Client:
         original server's), "json" (a summary unless ``fields`` asks for
         tensors, which then come as ``{"dtype", "shape", "data"}``) or
         "safetensors" (tensors plus the metadata merged in).
+
+        ``progress`` (optional) is called with dicts like ``{"state":
+        "queued", "position": 0}`` and ``{"state": "running", "done": 40,
+        "total": 300, "eta_seconds": 2.1}`` while the request runs: read from
+        Server-Sent Events for "json", from a polled job for other formats.
         """
         body = {"sequence": text, **_options(n_steps, method, baseline, target, max_length, seed, fields)}
+        if progress is not None and format == "json":
+            return self._attribute_streamed(model, body, progress, timeout)
+        if progress is not None:
+            job = self._submit(model, body, format, timeout)
+            return job.result(format=format, progress=progress, timeout=timeout)
         raw = self._post(model, body, format, timeout)
         return _decode_single(raw, format)
+
+    def submit(
+        self,
+        text: str,
+        *,
+        model: str | None = None,
+        n_steps: int | None = None,
+        method: str | None = None,
+        baseline: str | None = None,
+        target: int | str | None = None,
+        max_length: int | None = None,
+        seed: int | None = None,
+        fields: Iterable[str] | None = None,
+        summary_only: bool = False,
+        timeout: float | None = None,
+    ) -> Job:
+        """Start a job (``POST /jobs/``): the server keeps computing, and keeps
+        the result for a while, whatever happens to this process's
+        connection. ``summary_only`` keeps no tensors (the JSON summary);
+        otherwise the result can be fetched in any format."""
+        body = {"sequence": text, **_options(n_steps, method, baseline, target, max_length, seed, fields)}
+        return self._submit(model, body, "json" if summary_only else "torch", timeout)
+
+    def job(self, job_id: str) -> Job:
+        """A handle on a job started elsewhere (by its id)."""
+        return Job(self, job_id)
+
+    def _submit(self, model: str | None, body: dict[str, Any], fmt: str, timeout: float | None) -> Job:
+        query = {"format": fmt}
+        if model is not None:
+            query["model"] = model
+        data = json.dumps(body, allow_nan=False).encode("utf-8")
+        raw = self._request("POST", "/jobs/?" + urllib.parse.urlencode(query), data=data,
+                            headers={"Content-Type": "application/json; charset=utf-8"}, timeout=timeout)
+        return Job(self, json.loads(raw)["job_id"])
+
+    def _attribute_streamed(self, model: str | None, body: dict[str, Any], progress: Progress,
+                            timeout: float | None) -> dict[str, Any]:
+        path = "/model/" if model is None else f"/model/{urllib.parse.quote(model, safe='')}/"
+        data = json.dumps(body, allow_nan=False).encode("utf-8")
+        headers = {"Content-Type": "application/json; charset=utf-8", "Accept": "text/event-stream"}
+        for name, event in self._events("POST", path, data, headers, timeout):
+            if name == "queued":
+                progress({"state": "queued", **event})
+            elif name == "progress":
+                progress({"state": "running", **event})
+            elif name == "result":
+                return event
+            elif name == "error":
+                raise ApiError.from_response(int(event.get("status", 500)), "", {}, json.dumps(event).encode())
+        raise ApiError(200, "Bad response", "the event stream ended without a result", code="bad_response")
+
+    def _events(self, method: str, path: str, data: bytes, headers: dict[str, str],
+                timeout: float | None) -> Iterator[tuple[str, Any]]:
+        """Server-Sent Events as (name, decoded JSON data); every read is bounded
+        by the socket timeout and the whole stream by the call's deadline."""
+        limit = self.timeout if timeout is None else float(timeout)
+        url = self.base_url + path
+        request = urllib.request.Request(url, data=data, method=method, headers={
+            "User-Agent": f"intgrads-zmq-client/{__version__}", **headers})
+        deadline = time.monotonic() + limit
+        try:
+            with urllib.request.urlopen(request, timeout=min(limit, 60.0)) as response:
+                name, lines = None, []
+                while time.monotonic() < deadline:
+                    raw = response.readline()
+                    if not raw:  # the end of the stream
+                        return
+                    line = raw.decode("utf-8").rstrip("\r\n")
+                    if line.startswith("event:"):
+                        name = line[6:].strip()
+                    elif line.startswith("data:"):
+                        lines.append(line[5:].removeprefix(" "))
+                    elif not line and name is not None:
+                        yield name, json.loads("\n".join(lines))
+                        name, lines = None, []
+                raise RequestTimeout(url, limit)
+        except urllib.error.HTTPError as err:
+            with err:
+                raw = _read_error_body(err)
+            raise ApiError.from_response(err.code, str(err.reason), err.headers, raw) from None
+        except urllib.error.URLError as err:
+            raise ServerUnreachable(url, str(err.reason)) from None
+        except TimeoutError:
+            raise RequestTimeout(url, limit) from None
 
     def attribute_many(
         self,
@@ -277,6 +386,57 @@ class Client:
             raise RequestTimeout(url, limit) from None
         except (ConnectionError, HTTPException, OSError) as err:
             raise ServerUnreachable(url, f"{type(err).__name__}: {err}") from None
+
+
+class Job:
+    """A job on the server (``POST /jobs/``), known by its id.
+
+    Its state and result live in the server's broker, so any client (another
+    process, another machine) holding the id can follow it or fetch the
+    result. Results are kept for a while after the job ends (the broker's
+    ``--job-ttl``); later, :meth:`result` raises an ApiError with status 410.
+    """
+
+    def __init__(self, client: Client, job_id: str) -> None:
+        self.client = client
+        self.id = job_id
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r})"
+
+    def status(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """``GET /jobs/{id}``: state, progress (done / total, eta_seconds), timings."""
+        return json.loads(self.client._request("GET", f"/jobs/{self.id}", timeout=timeout))
+
+    def cancel(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """``DELETE /jobs/{id}``: stop it (a no-op once finished); returns the state."""
+        return json.loads(self.client._request("DELETE", f"/jobs/{self.id}", timeout=timeout))
+
+    def wait(self, *, progress: Progress | None = None, timeout: float | None = None,
+             poll: float = POLL_SECONDS) -> dict[str, Any]:
+        """Poll until the job has finished; ``progress`` gets each state seen."""
+        limit = self.client.timeout if timeout is None else float(timeout)
+        deadline = time.monotonic() + limit
+        while True:
+            state = self.status(timeout=max(0.1, min(limit, deadline - time.monotonic())))
+            if progress is not None:
+                progress({"state": state["state"], "position": state.get("position"), **state["progress"]})
+            if state["state"] in FINISHED_STATES:
+                return state
+            if time.monotonic() + poll > deadline:
+                raise RequestTimeout(self.client.base_url + f"/jobs/{self.id}", limit)
+            time.sleep(poll)
+
+    def result(self, *, format: str = "torch", progress: Progress | None = None,
+               timeout: float | None = None, poll: float = POLL_SECONDS) -> dict[str, Any]:
+        """Wait for the job (polling), then ``GET /jobs/{id}/result`` in ``format``.
+        A failed or cancelled job raises its error as an :class:`ApiError`."""
+        if format not in FORMATS:
+            raise ValueError(f"unknown format {format!r}; one of {', '.join(FORMATS)}")
+        self.wait(progress=progress, timeout=timeout, poll=poll)
+        raw = self.client._request("GET", f"/jobs/{self.id}/result?format={format}",
+                                   headers={"Accept": _MEDIA_TYPES[format]}, timeout=timeout)
+        return _decode_single(raw, format)
 
 
 def _read_all(response: HTTPResponse, deadline: float, url: str, limit: float) -> bytes:

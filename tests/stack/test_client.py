@@ -160,3 +160,39 @@ def test_not_ready_and_503_without_a_broker(tmp_path):
         assert info.value.retryable and info.value.retry_after and info.value.retry_after > 0
     finally:
         frontend.stop()
+
+
+# -- long requests: progress and jobs -------------------------------------------------
+def test_progress_arrives_by_events_for_json(client):
+    seen: list[dict] = []
+    result = client.attribute("a great film with wonderful acting", n_steps=50, format="json", progress=seen.append)
+    assert result["model"] == "tiny" and len(result["attributions"]) == len(result["tokens"])
+    assert seen[0] == {"state": "queued", "position": 0}
+    assert seen[-1]["state"] == "running" and {"done", "total", "eta_seconds"} <= set(seen[-1])
+
+
+def test_progress_arrives_by_polling_a_job_for_binary_formats(client):
+    seen: list[dict] = []
+    grads = client.attribute("a SLOW film", n_steps=4, progress=seen.append, timeout=60)
+    assert tuple(grads["integrated_gradients"].shape[:1]) == (1,)
+    assert seen[-1]["state"] == "done" and seen[-1]["done"] == seen[-1]["total"] == 4
+    assert any(s["state"] in ("queued", "running") for s in seen[:-1])  # it slept 3 s in between
+
+
+def test_a_job_can_be_followed_fetched_in_any_format_and_cancelled(client):
+    slow = client.submit("a SLOW film", n_steps=4)
+    assert slow.status()["state"] in ("queued", "running")
+    assert slow.cancel()["state"] == "cancelled"
+    with pytest.raises(ApiError) as info:
+        slow.result(timeout=30)
+    assert info.value.status == 499 and info.value.code == "cancelled"
+
+    job = client.submit("a great film", n_steps=4)
+    as_json = client.job(job.id).result(format="json", timeout=60)  # another handle, by id
+    tensors = job.result(format="safetensors")
+    assert tensors["tokens"] == as_json["tokens"]
+    assert tensors["integrated_gradients"].shape[1] == len(as_json["tokens"])
+    assert job.cancel()["state"] == "done"  # finished: a no-op
+    with pytest.raises(ApiError) as info:
+        client.job("0" * 32).status()
+    assert info.value.status == 404 and "restarted" in info.value.description
