@@ -146,7 +146,20 @@ class Cluster:
         return wait_until(all_in, timeout, f"workers of {hosts} to be registered")
 
     def counters(self) -> dict[str, int]:
+        """The broker's event counters (asked up to 5 times: a busy machine may miss one deadline)."""
+        for _ in range(4):
+            try:
+                return self.status().get("counters", {})
+            except Exception:  # noqa: BLE001 - asked again below, and the last failure is raised
+                continue
         return self.status().get("counters", {})
+
+    def ready(self) -> bool:
+        """gunicorn's /readyz answers 200 (what a load balancer waits for)."""
+        try:
+            return self.in_front(http, "GET", f"http://127.0.0.1:{HTTP_PORT}/readyz", timeout=5)[0] == 200
+        except OSError:
+            return False
 
     def broker_log(self) -> str:
         return self.broker_logs[-1].read_text(errors="replace")

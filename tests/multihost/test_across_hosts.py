@@ -125,6 +125,7 @@ def test_a_restarted_broker_is_rejoined_by_the_remote_workers_without_restarting
     assert {host: w["pid"] for host, w in after.items() if host in pids} == pids  # the same processes
     assert all(process.poll() is None for process in cluster.workers.values())
     assert len(lines_with(cluster.broker_log(), " ready: model")) >= len(pids)  # registered with the new one
+    wait_until(cluster.ready, 30, "gunicorn's /readyz after the restart")
     results = post_all(cluster, TEXTS, CLIENTS)
     figure(f"broker restart: both remote workers registered with the new broker {rejoined:.1f} s after the kill "
            f"(includes its start); {sum(code == 200 for code, _, _ in results)}/{len(TEXTS)} requests answered")
