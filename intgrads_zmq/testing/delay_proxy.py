@@ -65,6 +65,7 @@ class DelayProxy:
     def __init__(self, listen: tuple[str, int], target: tuple[str, int], delay: float) -> None:
         self.listen, self.target, self.delay = listen, target, delay
         self.connections = 0
+        self.port: int | None = None  # the port listened on (``listen`` may ask for port 0)
 
     async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -78,7 +79,8 @@ class DelayProxy:
 
     async def serve(self, stop: asyncio.Event) -> None:
         server = await asyncio.start_server(self._relay, *self.listen)
-        print(f"listening on {self.listen[0]}:{self.listen[1]} -> {self.target[0]}:{self.target[1]} "
+        self.port = server.sockets[0].getsockname()[1]
+        print(f"listening on {self.listen[0]}:{self.port} -> {self.target[0]}:{self.target[1]} "
               f"with {self.delay * 1000:.0f} ms each way", flush=True)
         async with server:
             await stop.wait()
