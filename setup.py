@@ -80,6 +80,8 @@ setup(
             "selenium>=4.15",
             "requests>=2.31",
             "ruff>=0.5",
+            "pyyaml>=6",
+            "kubernetes-validate>=1.30",
         ],
         "bench": ["captum>=0.7", "tqdm>=4.66"],
     },
