@@ -321,3 +321,23 @@ def test_the_dockerfile_installs_as_the_makefile_does():
     setup = (REPO / "setup.py").read_text()
     assert f'"{docker_entrypoint()[0]}=' in setup  # a console script the package installs
     assert '"gunicorn' in setup
+
+
+def test_the_readme_secret_commands_make_what_the_manifests_mount():
+    """README's `kubectl create secret` lines create every secret key a manifest mounts,
+    from files `intgrads-broker keys` writes."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8").replace("\\\n", " ")
+    made: dict[str, set[str]] = {}
+    for name, args in re.findall(r"kubectl create secret generic (\S+)((?: +--from-file=\S+)+)", readme):
+        for key, source in re.findall(r"--from-file=([^=\s]+)=(\S+)", args):
+            made.setdefault(name, set()).add(key)
+            assert re.fullmatch(r"keys/(broker\.key(_secret)?|worker\d+\.key(_secret)?)", source), source
+    mounted: dict[str, set[str]] = {}
+    for obj in raw_objects():
+        if obj.get("kind") != "Deployment":
+            continue
+        for volume in pod_spec(obj).get("volumes", []):
+            secret = volume.get("secret")
+            if secret:
+                mounted.setdefault(secret["secretName"], set()).update(i["key"] for i in secret["items"])
+    assert mounted and made == mounted

@@ -28,6 +28,13 @@ COVERAGE: list[tuple[str, list[str]]] = [
     (r"^intgrads -xll \S+ --tokenizer \S+ --cpu --baseline pad$", ["tests.stack.test_cli::test_original_checkpoint_flags"]),
     (r"^intgrads-broker start --model \S+ --cpu --workers 2$", ["tests.stack.test_broker::test_requests_spread_over_both_workers"]),
     (r"^gunicorn frontend(:app)?$", ["tests.stack.test_gunicorn_launch::test_gunicorn_command_serves_with_our_settings"]),
+    (r"^intgrads-broker keys --dir keys --workers 1$",
+     ["tests.stack.test_broker::test_curve_authenticated_remote_worker_serves_and_a_wrong_key_never_does"]),
+    (r"^kubectl create secret generic intgrads-(broker|worker)-keys( +--from-file=\S+)+$",
+     ["tests.unit.test_deploy::test_the_readme_secret_commands_make_what_the_manifests_mount"]),
+    (r"^kubectl apply -k deploy/k8s$",  # no cluster here: rendered and schema-checked offline
+     ["tests.unit.test_deploy::test_kustomize_renders_every_listed_object",
+      "tests.unit.test_deploy::test_every_object_validates_against_a_recent_kubernetes_schema"]),
     (r"^make test-fast$", ["tests.unit.test_readme::test_every_readme_command_is_covered"]),  # runs tests/unit
     (r"^intgrads-broker worker --connect tcp://127\.0\.0\.1:5556 --model \S+ --name xlnet --cpu$",
      ["tests.stack.test_frontend::test_several_sequences_and_a_named_model"]),
@@ -46,7 +53,7 @@ COVERAGE: list[tuple[str, list[str]]] = [
 def readme_commands() -> list[str]:
     commands = []
     for block in re.findall(r"```sh\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S):
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():  # a continued line is one command
             line = line.split("#", 1)[0].strip() if not line.lstrip().startswith("#") else ""
             if line:
                 commands.append(line)
