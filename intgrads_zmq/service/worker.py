@@ -87,6 +87,11 @@ class Job:
     body: p.RequestBody
     deadline: float
     cancelled: threading.Event = field(default_factory=threading.Event)
+    cancelled_at: float | None = None  # monotonic time the CANCEL arrived
+
+    def cancel(self) -> None:
+        self.cancelled_at = time.monotonic()
+        self.cancelled.set()
 
 
 class BrokerLink(threading.Thread):
@@ -194,7 +199,7 @@ class BrokerLink(threading.Thread):
             job = self._current
             if job is not None and job.request_id == message.request_id:
                 log.info("request %s cancelled by the broker; stopping at the next chunk", job.request_id)
-                job.cancelled.set()
+                job.cancel()
 
     def _accept(self, dealer: zmq.Socket, message: p.Message) -> None:
         request_id = message.request_id or "-"
@@ -268,6 +273,9 @@ class Computer:
 
         def before_chunk(steps: int) -> None:
             if job.cancelled.is_set():
+                waited = time.monotonic() - (job.cancelled_at or time.monotonic())
+                log.info("request %s stopped %.3f s after its cancel, after %d of %d steps",
+                         job.request_id, waited, progress.done, progress.total)
                 raise Cancelled(f"cancelled after {progress.done} of {progress.total} steps")
             now = time.monotonic()
             if send is not None and now - last_sent[0] >= PROGRESS_EVERY:
