@@ -515,3 +515,15 @@ def test_finished_jobs_are_evicted_oldest_first_past_the_byte_bound(make_broker)
     assert stack.client.job_result(ids[2]).meta == {"tokens": ["a"]}
     jobs = stack.status()["jobs"]
     assert jobs["evicted_bytes"] == 1 and jobs["bytes"] <= 2500
+
+
+def test_malformed_job_messages_are_answered_bad_request_and_counted(make_broker):
+    stack = make_broker()
+    stack.worker()
+    sock = stack.client.socket
+    sock.send_multipart(p.envelope(p.CLIENT, p.Command.JOB_STATUS, "q1") + [b'{"job_id": 7}'])
+    sock.send_multipart(p.envelope(p.CLIENT, p.Command.JOB_SUBMIT, "q2") + [b'{"sequence": 3}'])
+    outcomes = stack.client.wait(["q1", "q2"], 5.0, margin=0.0)
+    assert all(o.code == "bad_request" for o in outcomes.values())
+    assert stack.status()["counters"]["protocol_errors"] == 2
+    assert stack.status()["jobs"]["active"] == 0  # nothing was made
