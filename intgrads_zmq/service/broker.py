@@ -343,10 +343,13 @@ class Broker:
             return
         self._count("requests_cancelled")
         service = self.models.get(pending.model)
-        if service is None or not service.remove(pending):
-            for record in self.workers.values():
-                if record.request is pending:
-                    self._stop_worker(record)
+        if service is not None and service.remove(pending):
+            self._answer_error(pending, error)
+            self._report_positions(service)  # the ones behind it moved up
+            return
+        for record in self.workers.values():
+            if record.request is pending:
+                self._stop_worker(record)
         self._answer_error(pending, error)
 
     def _find(self, client: bytes, request_id: str) -> Pending | None:

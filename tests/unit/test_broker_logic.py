@@ -527,3 +527,17 @@ def test_malformed_job_messages_are_answered_bad_request_and_counted(make_broker
     assert all(o.code == "bad_request" for o in outcomes.values())
     assert stack.status()["counters"]["protocol_errors"] == 2
     assert stack.status()["jobs"]["active"] == 0  # nothing was made
+
+
+def test_a_waiting_client_hears_its_new_position_when_a_request_ahead_is_cancelled(make_broker):
+    stack = make_broker()
+    worker = stack.worker()
+    busy = stack.client.submit("busy")
+    assert worker.next_request().request_id == busy
+    ahead = stack.client.submit("ahead")
+    seen: list[p.Progress] = []
+    watched = stack.client.submit("watched", progress=True)
+    stack.client.wait([watched], 0.2, margin=0.0, on_progress=lambda _rid, u: seen.append(u))
+    stack.client.cancel([ahead])
+    stack.client.wait([watched], 0.2, margin=0.0, on_progress=lambda _rid, u: seen.append(u))
+    assert [(u.state, u.position) for u in seen] == [("queued", 1), ("queued", 0)]
