@@ -324,7 +324,7 @@ function render(data, request, seconds) {
 function renderAccuracy(data) {
   const line = $("#accuracy");
   const warning = $("#tolerance-warning");
-  const auto = typeof data.error_estimate === "number" && typeof data.tolerance === "number";
+  const auto = data.requested_steps === "auto";
   line.hidden = !auto;
   warning.hidden = !auto || data.converged === true;
   if (!auto) return;
@@ -565,7 +565,7 @@ function renderIntegrand(data) {
     dots.append(dot);
   });
   plot.append(dots);
-  if (typeof data.error_estimate === "number") {
+  if (data.requested_steps === "auto") {
     // Adaptive nodes: a tick under the axis per node shows where the rule refined.
     const marks = svg("g", { class: "node-marks" });
     for (const a of alphas) {

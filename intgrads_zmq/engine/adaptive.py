@@ -114,7 +114,10 @@ def relative_errors(pieces: list[Piece], delta: float) -> tuple[float, float]:
     total = np.sum([p.kronrod for p in pieces], axis=0)
     error = np.sum([p.error for p in pieces], axis=0)
     norm = float(np.linalg.norm(total))
-    estimate_rel = float(np.linalg.norm(error)) / norm if norm > 0 else float(np.linalg.norm(error) > 0) * np.inf
+    if norm > 0:
+        estimate_rel = float(np.linalg.norm(error)) / norm
+    else:  # nothing to attribute: exact if the rule saw no variation either
+        estimate_rel = 0.0 if not np.any(error) else float("inf")
     scale = max(abs(delta), norm)
     completeness = abs(float(total.sum()) - delta) / scale if scale > 0 else 0.0
     return estimate_rel, completeness

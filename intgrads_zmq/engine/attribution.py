@@ -8,6 +8,7 @@ the completeness error). Results are CPU float32 tensors and plain data.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,12 +165,17 @@ def _adaptive_meta(adaptive: AdaptiveResult, options: AttributionOptions) -> dic
         "requested_steps": "auto",
         "tolerance": options.tolerance,
         "step_budget": options.step_budget,
-        "error_estimate": adaptive.error_estimate,
-        "completeness": adaptive.completeness,
+        # None rather than inf/NaN: the wire carries strict JSON.
+        "error_estimate": _finite_or_none(adaptive.error_estimate),
+        "completeness": _finite_or_none(adaptive.completeness),
         "converged": adaptive.converged,
         "rounds": adaptive.rounds,
         "step_sizes": [float(w) for w in adaptive.weights],
     }
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def _tensors(

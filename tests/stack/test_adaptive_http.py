@@ -19,7 +19,7 @@ EPS32 = torch.finfo(torch.float32).eps
 @pytest.fixture(scope="module")
 def stack(tiny_bert_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("adaptive-stack")
-    broker = start_broker(["--model", str(tiny_bert_dir), "--name", "tiny", "--baseline", "pad"],
+    broker = start_broker(["--model", str(tiny_bert_dir), "--name", "tiny", "--baseline", "pad", "--n-steps", "auto"],
                           workers=1, folder=folder)  # fmt: skip
     frontend = None
     try:
@@ -61,3 +61,13 @@ def test_bad_tolerance_is_a_400_naming_the_field(stack):
     status, _, body = stack.post("/model/", {"sequence": "a film", "n_steps": "auto", "tolerance": 2})
     error = json.loads(body)
     assert status == 400 and error["field"] == "tolerance" and "tolerance" in error["description"]
+
+
+def test_server_default_auto_and_a_request_for_a_fixed_number(stack):
+    """--n-steps auto makes auto the default; an integer in the request still wins."""
+    status, _, body = stack.post("/model/?format=json", {"sequence": "a great film"})
+    assert status == 200 and json.loads(body)["method"] == "gausskronrod_adaptive"
+    status, _, body = stack.post("/model/?format=json", {"sequence": "a great film", "n_steps": 7})
+    data = json.loads(body)
+    assert status == 200 and data["n_steps"] == 7 and data["method"] == "gausslegendre"
+    assert "error_estimate" not in data and len(data["alphas"]) == 7
