@@ -8,7 +8,15 @@ bad requests. It samples VmRSS of every gunicorn process (from
 /proc/PID/status) after 0, 500, 1000, 2000, ... requests and prints the table
 and the ratio last/at-1000 (about 1.0: levelled off).
 
-    python bench/memory_soak.py [--requests 5000] [--clients 4] [--budget 600]
+    python bench/memory_soak.py [--requests 5000] [--clients 8] [--budget 600]
+                                [--hidden 32] [--env NAME=VALUE ...]
+
+--hidden sets the tiny BERT's width: replies grow with it (tensor replies are
+steps x tokens x hidden floats), 768 gives bert-base-sized replies.
+--env adds a variable to gunicorn's environment, e.g. MALLOC_ARENA_MAX=2
+(glibc's per-thread heaps: by default up to 8 per core, each keeping what it
+once held) or MALLOC_MMAP_THRESHOLD_=1048576 (blocks from 1 MiB up are mapped
+and unmapped, not kept in a heap).
 
 --budget stops sending after that many seconds (the table then ends early).
 """
@@ -94,15 +102,19 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--budget", type=float, default=600.0, help="seconds of sending at most")
+    parser.add_argument("--hidden", type=int, default=32, help="the tiny BERT's hidden size")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a variable for gunicorn's environment (repeatable)")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="igz-soak-"))
-    model = make_tiny_bert(folder / "tiny-bert")
+    model = make_tiny_bert(folder / "tiny-bert", hidden=args.hidden, heads=max(2, args.hidden // 64))
     broker = start_broker(["--model", str(model), "--name", "tiny", "--max-length", "128"],
                           workers=args.workers, folder=folder)
     try:
         broker.wait_ready(timeout=120)
-        frontend = start_frontend(broker.frontend, folder=folder,
-                                  env={"INTGRADS_MAX_SEQUENCES": "4", "INTGRADS_MAX_STEPS": "64"})
+        env = {"INTGRADS_MAX_SEQUENCES": "4", "INTGRADS_MAX_STEPS": "64"}
+        env.update(item.split("=", 1) for item in args.env)
+        frontend = start_frontend(broker.frontend, folder=folder, env=env)
         try:
             soak(frontend, args)
         finally:
@@ -116,7 +128,8 @@ def soak(frontend, args: argparse.Namespace) -> None:
     load = Load(frontend.url, args.clients, args.requests, time.monotonic() + args.budget)
     points = sorted({c for c in CHECKPOINTS if c <= args.requests} | {args.requests})
     rows, started = [], time.monotonic()
-    print(f"gunicorn pids (master first): {pids}; {args.clients} clients, {args.requests} requests")
+    print(f"gunicorn pids (master first): {pids}; {args.clients} clients, {args.requests} requests, "
+          f"hidden {args.hidden}, gunicorn env {args.env or 'as is'}")
     print(f"{'requests':>9} {'seconds':>8} " + " ".join(f"{'RSS MB ' + str(p):>14}" for p in pids))
     for point in points:
         sent = load.run_to(point)
