@@ -21,6 +21,7 @@ is read as before, bounded in size only.
 from __future__ import annotations
 
 import inspect
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -36,6 +37,10 @@ DRAIN_CAP = 64 << 20  # read (and drop) up to this much of a too-large body
 LINE_LIMIT = 4096  # a chunk-size line (size and extensions) or one trailer line
 TRAILER_LIMIT = 16384  # the whole trailer section
 HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+# RFC 9112 §7.1.1 chunk-ext: *( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] )
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+_QUOTED = rb'"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[^\x00-\x08\x0a-\x1f\x7f])*"'
+CHUNK_EXTENSIONS = re.compile(rb"(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*")
 
 
 class BodyTimeout(IntgradsError):
@@ -158,9 +163,12 @@ class _Framing:
 
 
 def _chunk_size(line: bytes, received: int, limit: int) -> int:
-    size_text = line.split(b";", 1)[0].rstrip(b" \t")
+    size_text, semicolon, extensions = line.partition(b";")
+    size_text = size_text.rstrip(b" \t") if semicolon else size_text
     if not size_text or not HEX_DIGITS.issuperset(size_text):
         raise BadRequest(f"invalid chunk size {size_text[:40]!r}: hexadecimal digits expected")
+    if semicolon and not CHUNK_EXTENSIONS.fullmatch(semicolon + extensions):
+        raise BadRequest(f"invalid chunk extension {extensions[:40]!r}")
     size = int(size_text, 16)
     if size > limit - received:
         raise PayloadTooLarge(f"a chunk of {size} bytes takes the body past the limit of {limit} bytes")

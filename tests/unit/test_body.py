@@ -118,7 +118,7 @@ def test_a_body_trickling_in_gets_408_at_the_deadline_not_per_byte(pair, chunked
 
 def test_a_chunked_body_is_read_and_what_follows_it_goes_back_to_gunicorn(pair):
     server, client = pair
-    client.sendall(b'4;ext=1\r\n{"a"\r\n6\r\n: [1]}\r\n0\r\nX-Trailer: yes\r\n\r\nGET /next HTTP/1.1\r\n')
+    client.sendall(b'4;ext=1\r\n{"a"\r\n6 ; q="a \\" b"\r\n: [1]}\r\n0\r\nX-Trailer: yes\r\n\r\nGET /next HTTP/1.1\r\n')
     req, unreader = _gunicorn_request(server, length=None)
     assert read_json_body(req, LIMIT, timeout=PATIENT) == {"a": [1]}
     assert unreader.read() == b"GET /next HTTP/1.1\r\n"
@@ -149,6 +149,9 @@ def test_chunks_adding_up_past_the_limit_are_413_at_the_first_one_that_does(pair
     (b'zz\r\n', "invalid chunk size"),
     (b'\r\n', "invalid chunk size"),
     (b' 2\r\n', "invalid chunk size"),
+    (b'2;=x\r\n', "invalid chunk extension"),
+    (b'2;a="open\r\n', "invalid chunk extension"),
+    (b'2;a b\r\n', "invalid chunk extension"),
     (b'2\r\n{}}\r\n', "longer than its size"),
     (b'1' * 5000, "over 4096 bytes"),
 ])
