@@ -2,21 +2,23 @@
 
 Real gunicorn, broker and one worker (tiny model, a small memory budget so a
 request is many short chunks). ``--clients`` threads each send requests one
-after another over raw HTTP. Two runs with the same requests:
+after another over raw HTTP. Three runs with the same requests:
 
-* abandonment: each request is, with probability ``--fraction``, abandoned
-  (socket closed) a random 0.1-0.6 s after it was sent, while queued or
-  running;
-* reference: the same clients send only the requests that were waited for
-  (no abandoned traffic at all).
+* abandonment: each request is, with probability ``--fraction``, a long one
+  (10x the steps: the kind a user gives up on) that is abandoned (socket
+  closed) after a random 20-60 % of the long request's compute time (measured
+  first), while queued or running;
+* reference: the same requests, every one waited for (the long ones run to
+  their end);
+* floor: only the short requests (the long ones never sent).
 
 Reports, for the abandonment run, the worker time spent on each abandoned
 request after its cancel reached the worker (from the worker's
 "stopped ... after its cancel" log lines; the frontend notices a closed
 socket within ``broker_client.CHECK_EVERY`` = 0.1 s on top) against the time
 of one chunk (target: under one chunk each), and the p50 / p99 latency of
-the requests whose clients waited, against the reference run (target:
-within 20 %).
+the short requests (whose clients waited), against the reference run
+(target: within 20 %), with the floor for scale.
 
     python bench/abandonment.py [--clients 4] [--requests 10] [--fraction 0.3]
 """
@@ -39,6 +41,7 @@ from intgrads_zmq.testing.tiny_models import make_tiny_bert
 
 TEXT = " ".join(["a great film with wonderful acting"] * 6)
 BODY = {"sequence": TEXT, "n_steps": 120, "method": "riemann_trapezoid", "fields": []}
+LONG_BODY = {**BODY, "n_steps": 1200}  # what an abandoning client asked for: it would run 10x longer
 STOPPED = re.compile(r"stopped ([0-9.]+) s after its cancel, after (\d+) of (\d+) steps")
 
 
@@ -50,11 +53,14 @@ def send(port: int, body: dict) -> socket.socket:
     return sock
 
 
-def client_loop(port: int, plan: list[float | None], latencies: list[float], failures: list[int]) -> None:
-    """``plan``: per request, None (wait) or the seconds after which to give up."""
-    for abandon_after in plan:
+Plan = list[tuple[bool, float | None]]  # per request: long?, seconds after which to give up (None: wait)
+
+
+def client_loop(port: int, plan: Plan, latencies: list[float], failures: list[int]) -> None:
+    """Send ``plan``'s requests in turn; record the latency of the short ones waited for."""
+    for long, abandon_after in plan:
         started = time.perf_counter()
-        sock = send(port, BODY)
+        sock = send(port, LONG_BODY if long else BODY)
         if abandon_after is not None:
             time.sleep(abandon_after)
             sock.close()
@@ -63,10 +69,11 @@ def client_loop(port: int, plan: list[float | None], latencies: list[float], fai
             status, _, _ = read_response(sock)
         if status != 200:
             failures.append(status or 0)
-        latencies.append(time.perf_counter() - started)
+        if not long:
+            latencies.append(time.perf_counter() - started)
 
 
-def run(port: int, plans: list[list[float | None]]) -> tuple[list[float], list[int], float]:
+def run(port: int, plans: list[Plan]) -> tuple[list[float], list[int], float]:
     latencies: list[float] = []
     failures: list[int] = []
     threads = [threading.Thread(target=client_loop, args=(port, plan, latencies, failures)) for plan in plans]
@@ -101,7 +108,8 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="igz-abandon-"))
     model = make_tiny_bert(folder / "tiny")
-    broker = start_broker(["--model", str(model), "--name", "tiny", "--memory-budget", "4MiB"], folder=folder)
+    broker = start_broker(["--model", str(model), "--name", "tiny", "--memory-budget", "4MiB", "--max-steps", "2000"],
+                          folder=folder)
     frontend = None
     try:
         broker.wait_ready()
@@ -110,12 +118,16 @@ def main() -> None:
         for _ in range(3):
             chunk, chunks = chunk_seconds(port)  # warm up; keep the last
         rng = random.Random(args.seed)
-        abandon = [[rng.uniform(0.1, 0.6) if rng.random() < args.fraction else None
-                    for _ in range(args.requests)] for _ in range(args.clients)]
-        # The reference sends only the requests that are waited for: what the
-        # abandoned ones cost the others is the difference between the runs.
-        reference: list[list[float | None]] = [[None for x in plan if x is None] for plan in abandon]
+        long_seconds = 10 * chunk * chunks
+        abandon: list[Plan] = [[(True, long_seconds * rng.uniform(0.2, 0.6)) if rng.random() < args.fraction
+                                 else (False, None)
+                                 for _ in range(args.requests)] for _ in range(args.clients)]
+        # Reference: the same requests, every one waited for (nobody abandons).
+        reference: list[Plan] = [[(long, None) for long, _ in plan] for plan in abandon]
+        # Floor: the short requests only (as if the abandoned ones were never sent).
+        floor: list[Plan] = [[item for item in plan if not item[0]] for plan in abandon]
         ref_latencies, ref_failures, ref_wall = run(port, reference)
+        floor_latencies, _, floor_wall = run(port, floor)
         log_before = len(broker.log_text())
         latencies, failures, wall = run(port, abandon)
         time.sleep(1.0)  # the last cancels reach the log
@@ -126,13 +138,15 @@ def main() -> None:
             frontend.stop()
         broker.stop()
 
-    abandoned = sum(x is not None for plan in abandon for x in plan)
-    waiting = [x for plan in abandon for x in plan if x is None]
-    print(f"one request: {chunks} chunks of {chunk * 1000:.1f} ms ({chunks * chunk:.2f} s of compute)")
-    print(f"reference: {len(ref_latencies)} requests waited for, {ref_wall:.1f} s wall, "
+    abandoned = sum(long for plan in abandon for long, _ in plan)
+    print(f"short request: {chunks} chunks of {chunk * 1000:.1f} ms ({chunks * chunk:.2f} s of compute); "
+          f"long (abandoned) ones: 10x that; latencies below are the short requests'")
+    print(f"reference (nobody abandons): {ref_wall:.1f} s wall, {len(ref_latencies)} short requests: "
           f"p50 {percentile(ref_latencies, 0.5):.2f} s, p99 {percentile(ref_latencies, 0.99):.2f} s, "
           f"failures {ref_failures}")
-    print(f"abandonment: {abandoned} abandoned, {len(waiting)} waited for, {wall:.1f} s wall, "
+    print(f"floor (long requests never sent): {floor_wall:.1f} s wall, p50 {percentile(floor_latencies, 0.5):.2f} s, "
+          f"p99 {percentile(floor_latencies, 0.99):.2f} s")
+    print(f"abandonment: {abandoned} long requests abandoned, {wall:.1f} s wall, {len(latencies)} short: "
           f"p50 {percentile(latencies, 0.5):.2f} s, p99 {percentile(latencies, 0.99):.2f} s, failures {failures}")
     print(f"  broker: {counters.get('requests_cancelled', 0)} requests cancelled "
           f"({counters.get('cancels_sent', 0)} running ones stopped by a CANCEL to the worker; "
