@@ -24,6 +24,7 @@ const state = {
   request: null,     // {path, body} of the request the result answers
   controller: null,  // AbortController of the running request
   timer: null,
+  progress: null,    // the latest {queued|progress event} of the running request
   scale: 0,          // max |attribution| the colours are normalised by
 };
 
@@ -93,6 +94,99 @@ async function fetchJSON(url, init = {}) {
       { status: response.status });
   }
   return { data, text };
+}
+
+// POST with Accept: text/event-stream: the server streams "queued" and
+// "progress" events, then "result" (the JSON reply) or "error" (the error
+// body plus its status). Aborting the fetch closes the connection, and the
+// server then cancels the computation. A server (or proxy) that answers
+// plain JSON instead is read as before.
+async function fetchEvents(url, init, onProgress) {
+  const response = await send(url, { ...init, headers: { ...init.headers, Accept: "text/event-stream" } });
+  const type = response.headers.get("Content-Type") || "";
+  if (!response.ok || !type.startsWith("text/event-stream") || !response.body) {
+    const text = await readText(response);
+    if (!response.ok) throw errorFrom(response, text);
+    const data = parseJSON(text);
+    if (data === null || typeof data !== "object") {
+      throw new ApiError("Unexpected answer", `The server answered ${response.status} but not with JSON.`,
+        { status: response.status });
+    }
+    return { data, text };
+  }
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    let chunk;
+    try {
+      chunk = await reader.read();
+    } catch (err) {
+      if (err.name === "AbortError") throw err;
+      throw new ApiError("Network error", `The connection broke while reading the answer (${err.message}).`);
+    }
+    if (chunk.done) break;
+    buffer += decoder.decode(chunk.value, { stream: true });
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const found = parseEvent(buffer.slice(0, end));
+      buffer = buffer.slice(end + 2);
+      if (!found) continue;
+      if (found.name === "result") {
+        const data = parseJSON(found.data);
+        if (data === null || typeof data !== "object") throw new ApiError("Unexpected answer", "The result was not JSON.");
+        return { data, text: found.data };
+      }
+      const data = parseJSON(found.data) || {};
+      if (found.name === "error") {
+        throw new ApiError(String(data.title || "Error"), String(data.description || ""), {
+          status: data.status || 0, field: data.field || null, code: data.code || null,
+          retryAfter: data.retry_after || null });
+      }
+      onProgress(found.name, data);
+    }
+  }
+  throw new ApiError("Connection lost", "The answer stopped before the result arrived; try again.");
+}
+
+// One SSE block: "event: name" and "data: ..." lines; comment lines ignored.
+function parseEvent(block) {
+  let name = null;
+  const data = [];
+  for (const line of block.split("\n")) {
+    if (line.startsWith("event:")) name = line.slice(6).trim();
+    else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+  }
+  return name ? { name, data: data.join("\n") } : null;
+}
+
+function showProgress(name, data) {
+  state.progress = { name, ...data };
+}
+
+// The bar and its words, once a request has taken more than a second.
+function renderProgress(seconds) {
+  const info = state.progress;
+  const box = $("#progress");
+  if (!info || seconds < 1) {
+    box.hidden = true;
+    return;
+  }
+  box.hidden = false;
+  const bar = $("#progress-bar");
+  if (info.name === "queued") {
+    bar.removeAttribute("value");  // indeterminate while waiting
+    $("#progress-text").textContent = info.position ? `queued, ${info.position} ahead` : "queued, next";
+    return;
+  }
+  if (!info.total) {
+    bar.removeAttribute("value");
+    $("#progress-text").textContent = "started";
+    return;
+  }
+  bar.value = Math.min(1, info.done / info.total);
+  const eta = Number.isFinite(info.eta_seconds) ? `, about ${Math.max(0, info.eta_seconds).toFixed(0)} s left` : "";
+  $("#progress-text").textContent = `${info.done} / ${info.total} steps${eta}`;
 }
 
 // --- errors -------------------------------------------------------------
@@ -222,11 +316,15 @@ function setBusy(busy) {
   $("#form").setAttribute("aria-busy", String(busy));
   $("#spinner").hidden = !busy;
   clearInterval(state.timer);
+  state.progress = null;
+  $("#progress").hidden = true;
   if (busy) {
     const started = performance.now();
     $("#elapsed").textContent = "0.0";
     state.timer = setInterval(() => {
-      $("#elapsed").textContent = ((performance.now() - started) / 1000).toFixed(1);
+      const seconds = (performance.now() - started) / 1000;
+      $("#elapsed").textContent = seconds.toFixed(1);
+      renderProgress(seconds);
     }, 100);
   }
 }
@@ -242,12 +340,12 @@ async function onSubmit(event) {
   setBusy(true);
   const started = performance.now();
   try {
-    const { data, text } = await fetchJSON(`${request.path}?format=json`, {
+    const { data, text } = await fetchEvents(`${request.path}?format=json`, {
       method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      headers: { "Content-Type": "application/json" },
       body: JSON.stringify(request.body),
       signal: state.controller.signal,
-    });
+    }, showProgress);
     state.result = data;
     state.resultText = text;
     state.request = request;
@@ -256,7 +354,7 @@ async function onSubmit(event) {
   } catch (err) {
     $("#results").hidden = true;
     if (err.name === "AbortError") {
-      showError(new ApiError("Cancelled", "The request was cancelled; the server may still finish it."));
+      showError(new ApiError("Cancelled", "The request was cancelled; the server stopped computing it."));
     } else {
       showError(err);
     }
