@@ -189,6 +189,15 @@ def test_behind_nginx_slow_headers_and_bodies_do_not_hold_gunicorn(behind_nginx,
     assert frontend.process.poll() is None
 
 
+def test_behind_nginx_a_body_over_the_limit_is_refused_by_nginx_as_json(behind_nginx):
+    """client_max_body_size = INTGRADS_MAX_BODY: nginx answers before gunicorn sees a byte, in the app's shape."""
+    port, _ = behind_nginx
+    head = b"POST /model/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    status, _, body = raw_http(port, head % ((1 << 20) + 1), timeout=10)
+    assert status == 413 and json.loads(body)["code"] == "payload_too_large"
+    assert raw_http(port, head % 2 + b"{}", timeout=60)[0] == 400  # a body within it reaches the app (no sequence: 400)
+
+
 def _slow_body_answer(port: int, deadline: float) -> tuple[int | None, dict, bytes]:
     """Send a POST's headers, then a byte every 0.5 s until the server answers."""
     with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
