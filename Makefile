@@ -35,7 +35,7 @@ test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest tests/unit $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests/unit -m "not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check intgrads_zmq frontend tests bench

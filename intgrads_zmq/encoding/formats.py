@@ -148,6 +148,9 @@ TORCH_META_KEYS = (
     "tokens", "labels", "probabilities", "target", "target_label", "f_input",
     "f_baseline", "completeness_error", "truncated", "attributions", "n_steps",
     "method", "baseline", "seed", "dtype", "model",
+    # what n_steps "auto" did (absent for a fixed step count)
+    "requested_steps", "nodes_used", "tolerance", "error_estimate", "completeness",
+    "converged", "alphas",
 )  # fmt: skip
 
 

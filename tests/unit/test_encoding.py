@@ -138,6 +138,13 @@ def payload() -> AttributionPayload:
         "alphas": [0.0, 0.25, 0.5, 0.75, 1.0],
         "path_integrand": [1.0, 2.0, 3.0, 4.0, 5.0],
         "timings": {"queue": 0.001, "compute": 1.5},
+        # what n_steps "auto" reports: carried by the torch reply too
+        "requested_steps": "auto",
+        "nodes_used": steps,
+        "tolerance": 0.01,
+        "error_estimate": 0.004,
+        "completeness": 0.001,
+        "converged": True,
     }
     return AttributionPayload(meta=meta, tensors={k: to_raw(v) for k, v in tensors.items()})
 
