@@ -150,7 +150,7 @@ TORCH_META_KEYS = (
     "method", "baseline", "seed", "dtype", "model",
     # what n_steps "auto" did (absent for a fixed step count)
     "requested_steps", "nodes_used", "tolerance", "error_estimate", "completeness",
-    "converged", "alphas",
+    "converged",
 )  # fmt: skip
 
 
