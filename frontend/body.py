@@ -31,7 +31,7 @@ from typing import Any
 import falcon
 
 from intgrads_zmq import strict_json
-from intgrads_zmq.errors import BadRequest, IntgradsError, PayloadTooLarge
+from intgrads_zmq.errors import BadRequest, BodyTimeout, IntgradsError, PayloadTooLarge
 
 DRAIN_CAP = 64 << 20  # read (and drop) up to this much of a too-large body
 LINE_LIMIT = 4096  # a chunk-size line (size and extensions) or one trailer line
@@ -41,17 +41,6 @@ HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 _TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
 _QUOTED = rb'"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[^\x00-\x08\x0a-\x1f\x7f])*"'
 CHUNK_EXTENSIONS = re.compile(rb"(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*")
-
-
-class BodyTimeout(IntgradsError):
-    """The body did not arrive within INTGRADS_BODY_TIMEOUT seconds.
-
-    Defined here until intgrads_zmq/errors.py gains it (a 408 is the
-    frontend's alone: brokers and workers never send it)."""
-
-    code = "body_timeout"
-    status = 408
-    title = "Request timeout"
 
 
 class _DeadlineSocket:

@@ -20,6 +20,7 @@ from intgrads_zmq.errors import IntgradsError
 from intgrads_zmq.options import Limits
 
 from .broker_pool import BrokerPool
+from .host_check import RequireHost
 from .jobs import JobResource, JobResultResource, JobsResource
 from .metrics import Metrics
 from .model_limits import ModelLimits
@@ -125,7 +126,8 @@ def create_app(settings: FrontendSettings | None = None, pool: BrokerPool | None
 
     limits = ModelLimits(status, settings.limits)
     metrics = Metrics(status)
-    app = falcon.App(middleware=[metrics, RevalidatePage()])
+    # RequireHost first: a request without a valid Host is refused before anything runs.
+    app = falcon.App(middleware=[RequireHost(), metrics, RevalidatePage()])
     app.req_options.strip_url_path_trailing_slash = False
     attribution = AttributionResource(pool, settings, limits)
     for route in ("/model", "/model/"):

@@ -13,6 +13,12 @@ INTGRADS_BROKER. ZeroMQ sockets are opened lazily per thread, after fork.
 
 import os
 
+from intgrads_zmq.service.tuning import map_large_blocks
+
+# Reply buffers are mapped and unmapped per reply (see map_large_blocks); set in
+# the master when this file loads, inherited by the forked workers.
+map_large_blocks()
+
 bind = os.environ.get("INTGRADS_BIND", "127.0.0.1:8888")
 worker_class = "gthread"
 workers = int(os.environ.get("INTGRADS_HTTP_WORKERS", "1"))

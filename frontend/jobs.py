@@ -21,9 +21,10 @@ from intgrads_zmq.encoding import encode, negotiate
 from intgrads_zmq.errors import BadRequest, UnknownJob
 from intgrads_zmq.options import parse_request
 
+from .body import read_json_body
 from .broker_pool import BrokerPool
 from .model_limits import ModelLimits
-from .resources import read_json_body, request_options
+from .resources import request_options
 from .settings import FrontendSettings
 
 JOB_ID_CHARS = frozenset("0123456789abcdef")
@@ -70,7 +71,7 @@ class JobsResource:
         # ?format=json asks for a summary-only job; otherwise all four tensors are
         # kept, so the result can be read later in any format.
         fmt = negotiate(req.get_param("format"), None)
-        body = read_json_body(req, self.settings.max_body_bytes)
+        body = read_json_body(req, self.settings.max_body_bytes, self.settings.body_timeout)
         parsed = parse_request(body, self.limits.for_model(name))
         if parsed.batch:
             raise BadRequest("a job holds one text: send 'sequence' (one job per text), not 'sequences'",

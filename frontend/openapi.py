@@ -9,7 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from intgrads_zmq import __version__
-from intgrads_zmq.options import BASELINES, MAX_SEED, METHODS, TENSOR_FIELDS, Limits
+from intgrads_zmq.options import (
+    BASELINES,
+    MAX_SEED,
+    METHODS,
+    TENSOR_FIELDS,
+    TOLERANCE_RANGE,
+    Limits,
+)
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -30,7 +37,12 @@ def _request_schema(limits: Limits) -> dict[str, Any]:
             "target": {"oneOf": [{"type": "integer", "minimum": 0, "maximum": 1_000_000},
                                  {"type": "string", "minLength": 1, "maxLength": 200}],
                        "description": "Class index or label name; default: the predicted class."},
-            "n_steps": {"type": "integer", "minimum": 1, "maximum": limits.max_steps},
+            "n_steps": {"oneOf": [{"type": "integer", "minimum": 1, "maximum": limits.max_steps},
+                                  {"type": "string", "enum": ["auto"]}],
+                        "description": "Path steps, or 'auto': adaptive, to 'tolerance', "
+                                       "within the server's step budget."},
+            "tolerance": {"type": "number", "minimum": TOLERANCE_RANGE[0], "maximum": TOLERANCE_RANGE[1],
+                          "description": "Relative per-token error target for n_steps 'auto'."},
             "method": {"type": "string", "enum": list(METHODS)},
             "baseline": {"type": "string", "enum": list(BASELINES)},
             "max_length": {"type": "integer", "minimum": 2, "maximum": limits.max_length},

@@ -13,65 +13,16 @@ from typing import Any
 
 import falcon
 
-from intgrads_zmq import strict_json
 from intgrads_zmq.encoding import FORMATS, encode, negotiate
-from intgrads_zmq.errors import BadRequest, IntgradsError, NotReady, PayloadTooLarge
+from intgrads_zmq.errors import BadRequest, IntgradsError, NotReady
 from intgrads_zmq.options import TENSOR_FIELDS, parse_request
 
 from . import sse
+from .body import read_json_body
 from .broker_pool import BrokerPool
 from .disconnect import client_gone_check
 from .model_limits import ModelLimits, limits_in_status
 from .settings import FrontendSettings
-
-DRAIN_CAP = 64 << 20  # read (and drop) up to this much of a too-large body
-
-
-def _too_large(req: falcon.Request, limit: int, described: str) -> PayloadTooLarge:
-    """Drain a moderately oversized body first, so the client (which is still
-    sending) receives the 413 instead of a broken pipe."""
-    length = req.content_length
-    if length is None or length <= DRAIN_CAP:
-        drained, stream = 0, _body_stream(req)
-        while drained < DRAIN_CAP and _read(stream, 1 << 20):
-            drained += 1 << 20
-    return PayloadTooLarge(f"{described}; the limit is {limit} bytes")
-
-
-def _body_stream(req: falcon.Request) -> Any:
-    """Where the body comes from. ``bounded_stream`` trusts Content-Length and
-    reads nothing without one, which silently emptied chunked uploads; when the
-    server says its input ends where the body ends (``wsgi.input_terminated``,
-    as gunicorn does after de-chunking) that stream is read instead."""
-    if req.content_length is None and req.env.get("wsgi.input_terminated"):
-        return req.stream
-    return req.bounded_stream
-
-
-def _read(stream: Any, size: int) -> bytes:
-    try:
-        return stream.read(size)
-    except Exception as exc:  # noqa: BLE001 - the server's parser: bad chunk framing, a body cut short
-        raise BadRequest(f"the body could not be read ({type(exc).__name__}): send a JSON object") from None
-
-
-def read_json_body(req: falcon.Request, limit: int) -> Any:
-    """The body as JSON, whatever the Content-Type says (curl -d sends JSON
-    as form-urlencoded); bounded by ``limit`` bytes."""
-    length = req.content_length
-    if length is not None and length > limit:
-        raise _too_large(req, limit, f"the body is {length} bytes")
-    data = _read(_body_stream(req), limit + 1)
-    if len(data) > limit:
-        raise _too_large(req, limit, "the body is too large")
-    if not data.strip():
-        raise BadRequest("the body is empty: send a JSON object with a 'sequence'", field="sequence")
-    try:
-        return strict_json.loads(data)
-    except UnicodeDecodeError:
-        raise BadRequest("the body is not UTF-8 text") from None
-    except (ValueError, RecursionError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {str(exc)[:200]}") from None
 
 
 class AttributionResource:
@@ -85,7 +36,7 @@ class AttributionResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response, name: str | None = None) -> None:
         streaming = sse.wants_event_stream(req.get_header("Accept"))
         fmt = "json" if streaming else negotiate(req.get_param("format"), req.get_header("Accept"))
-        body = read_json_body(req, self.settings.max_body_bytes)
+        body = read_json_body(req, self.settings.max_body_bytes, self.settings.body_timeout)
         parsed = parse_request(body, self.limits.for_model(name))
         options = request_options(parsed.options, fmt)
         client = self.pool.client()

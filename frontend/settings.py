@@ -26,6 +26,7 @@ class FrontendSettings:
     broker: str = DEFAULT_CLIENT_ENDPOINT
     timeout: float = 600.0  # seconds: the deadline given to each request
     max_body_bytes: int = 1 << 20
+    body_timeout: float = 30.0  # seconds for a whole request body to arrive (else 408)
     connect_wait: float = 1.0  # seconds to wait for the broker before a 503
     status_timeout: float = 2.0
     # Used as given for max_sequences / max_sequence_chars; for max_steps and
@@ -38,6 +39,7 @@ class FrontendSettings:
             broker=os.environ.get(BROKER_ENV, DEFAULT_CLIENT_ENDPOINT),
             timeout=_env_float("INTGRADS_TIMEOUT", 600.0),
             max_body_bytes=_env_int("INTGRADS_MAX_BODY", 1 << 20),
+            body_timeout=_env_float("INTGRADS_BODY_TIMEOUT", 30.0),
             connect_wait=_env_float("INTGRADS_CONNECT_WAIT", 1.0),
             limits=Limits(
                 max_steps=_env_int("INTGRADS_MAX_STEPS", Limits.max_steps),

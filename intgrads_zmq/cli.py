@@ -259,8 +259,12 @@ def intgrads(host: str, port: int, http_workers: int, **settings: Any) -> None:
     Starts the broker, the model workers and gunicorn together; Ctrl-C stops all.
     """
     from .service.assembly import run_all_in_one
+    from .service.exposure import public_bind_warning
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    warning = public_bind_warning(host)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     spec = model_spec(*(settings.pop(k) for k in MODEL_KEYS))
     serving = serve_settings(settings)
     try:

@@ -181,7 +181,8 @@ class Client:
         text: str,
         *,
         model: str | None = None,
-        n_steps: int | None = None,
+        n_steps: int | str | None = None,
+        tolerance: float | None = None,
         method: str | None = None,
         baseline: str | None = None,
         target: int | str | None = None,
@@ -206,7 +207,7 @@ class Client:
         "total": 300, "eta_seconds": 2.1}`` while the request runs: read from
         Server-Sent Events for "json", from a polled job for other formats.
         """
-        body = {"sequence": text, **_options(n_steps, method, baseline, target, max_length, seed, fields)}
+        body = {"sequence": text, **_options(n_steps, method, baseline, target, max_length, seed, fields, tolerance)}
         if progress is not None and format == "json":
             return self._attribute_streamed(model, body, progress, timeout)
         if progress is not None:
@@ -220,7 +221,8 @@ class Client:
         text: str,
         *,
         model: str | None = None,
-        n_steps: int | None = None,
+        n_steps: int | str | None = None,
+        tolerance: float | None = None,
         method: str | None = None,
         baseline: str | None = None,
         target: int | str | None = None,
@@ -234,7 +236,7 @@ class Client:
         the result for a while, whatever happens to this process's
         connection. ``summary_only`` keeps no tensors (the JSON summary);
         otherwise the result can be fetched in any format."""
-        body = {"sequence": text, **_options(n_steps, method, baseline, target, max_length, seed, fields)}
+        body = {"sequence": text, **_options(n_steps, method, baseline, target, max_length, seed, fields, tolerance)}
         return self._submit(model, body, "json" if summary_only else "torch", timeout)
 
     def job(self, job_id: str) -> Job:
@@ -305,7 +307,8 @@ class Client:
         texts: Iterable[str],
         *,
         model: str | None = None,
-        n_steps: int | None = None,
+        n_steps: int | str | None = None,
+        tolerance: float | None = None,
         method: str | None = None,
         baseline: str | None = None,
         target: int | str | None = None,
@@ -323,7 +326,7 @@ class Client:
         ``sequences[i]``).
         """
         texts = list(texts)
-        body = {"sequences": texts, **_options(n_steps, method, baseline, target, max_length, seed, fields)}
+        body = {"sequences": texts, **_options(n_steps, method, baseline, target, max_length, seed, fields, tolerance)}
         raw = self._post(model, body, format, timeout)
         return _decode_batch(raw, format)
 
@@ -458,12 +461,13 @@ def _read_error_body(err: urllib.error.HTTPError) -> bytes:
         return b""
 
 
-def _options(n_steps: int | None, method: str | None, baseline: str | None,
+def _options(n_steps: int | str | None, method: str | None, baseline: str | None,
              target: int | str | None, max_length: int | None, seed: int | None,
-             fields: Iterable[str] | None) -> dict[str, Any]:
-    """The options that were set; unset ones stay out so server defaults apply."""
+             fields: Iterable[str] | None, tolerance: float | None = None) -> dict[str, Any]:
+    """The options that were set; unset ones stay out so server defaults apply.
+    ``n_steps="auto"`` integrates adaptively to ``tolerance`` (relative)."""
     given = {"n_steps": n_steps, "method": method, "baseline": baseline, "target": target,
-             "max_length": max_length, "seed": seed}
+             "max_length": max_length, "seed": seed, "tolerance": tolerance}
     out = {k: v for k, v in given.items() if v is not None}
     if fields is not None:
         out["fields"] = [fields] if isinstance(fields, str) else list(fields)

@@ -93,6 +93,15 @@ class PayloadTooLarge(IntgradsError):
     title = "Payload too large"
 
 
+class BodyTimeout(IntgradsError):
+    """The request body did not arrive within INTGRADS_BODY_TIMEOUT seconds
+    (the frontend's alone: brokers and workers never send it)."""
+
+    code = "body_timeout"
+    status = 408
+    title = "Request timeout"
+
+
 class QueueFull(IntgradsError):
     """The model's queue is at its bound; try again shortly."""
 

@@ -82,7 +82,9 @@ def build_broker(spec: ModelSpec, settings: ServeSettings, *, frontend: str, bac
                  keys: str | None = None, job_ttl: float = BrokerSettings.job_ttl,
                  job_store_bytes: int = BrokerSettings.job_store_bytes) -> tuple[Broker, Supervisor]:
     curve = CurveServer.from_dir(keys) if keys else None
-    worker_curve = ensure_local_worker_key(keys) if keys else None
+    # Only a broker that starts local workers needs a key for them: a broker-only
+    # start (--workers 0) must run from a read-only keys folder (a mounted Secret).
+    worker_curve = ensure_local_worker_key(keys) if keys and settings.workers != 0 else None
     # A broker-only start (--workers 0) plans nothing: planning imports torch,
     # seconds before the sockets are bound that such a broker need not wait.
     configs = [] if settings.workers == 0 else plan_workers(

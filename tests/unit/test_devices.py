@@ -82,3 +82,23 @@ def test_planning_workers_checks_the_dtype(monkeypatch):
         plan_workers("ipc:///tmp/x", ModelSpec(), ServeSettings(cuda=False, dtype="bf16"))
     (config,) = plan_workers("ipc:///tmp/x", ModelSpec(), ServeSettings(cuda=False, n_steps="auto"))
     assert config.defaults["n_steps"] == "auto" and config.dtype == "float32"
+
+
+def test_a_broker_only_start_writes_nothing_into_its_keys_folder(tmp_path):
+    """Regression: --workers 0 --keys DIR wrote a local-worker key pair into DIR,
+    so a read-only keys folder (a Kubernetes Secret) could not be used."""
+    from intgrads_zmq.models.spec import ModelSpec
+    from intgrads_zmq.service.assembly import build_broker
+    from intgrads_zmq.service.security import make_keys
+    from intgrads_zmq.service.settings import ServeSettings
+
+    keys = tmp_path / "keys"
+    make_keys(str(keys), 1)
+    before = sorted(p.relative_to(keys) for p in keys.rglob("*"))
+    broker, supervisor = build_broker(
+        ModelSpec(), ServeSettings(workers=0), frontend=f"ipc://{tmp_path}/f",
+        backend=f"ipc://{tmp_path}/b", keys=str(keys))
+    try:
+        assert sorted(p.relative_to(keys) for p in keys.rglob("*")) == before
+    finally:
+        broker.close()

@@ -40,3 +40,18 @@ def test_exposure_stays_free_of_heavy_imports():
             "print(sorted(m for m in ('torch', 'numpy', 'zmq') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_intgrads_warns_when_it_binds_beyond_loopback(monkeypatch):
+    """The all-in-one command prints the warning (and still serves) for 0.0.0.0."""
+    from click.testing import CliRunner
+
+    from intgrads_zmq import cli
+    from intgrads_zmq.service import assembly
+
+    monkeypatch.setattr(assembly, "run_all_in_one", lambda *args, **kwargs: 0)
+    runner = CliRunner()
+    public = runner.invoke(cli.intgrads, ["-h", "0.0.0.0", "--cpu"])
+    assert public.exit_code == 0 and "warning:" in public.stderr and "Behind a proxy" in public.stderr
+    local = runner.invoke(cli.intgrads, ["--cpu"])
+    assert local.exit_code == 0 and "warning" not in local.stderr
