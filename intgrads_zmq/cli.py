@@ -1,8 +1,8 @@
-"""Command line: ``intgrads-broker start | worker | status | keys`` and ``intgrads``.
+"""Command line: ``intgrads-broker start | worker | status | drain | keys`` and ``intgrads``.
 
 ``start`` runs the broker and supervises local workers; ``worker`` joins a
 broker (possibly on another host) with workers of its own; ``status`` asks a
-broker what it serves; ``keys`` makes CURVE key pairs. ``intgrads`` keeps the
+broker what it serves; ``drain`` retires workers without dropping requests; ``keys`` makes CURVE key pairs. ``intgrads`` keeps the
 original server's habits: one command that also starts the HTTP frontend.
 """
 
@@ -223,13 +223,39 @@ def status(frontend: str, as_json: bool, timeout: float) -> None:
         return
     click.echo(f"default model: {data.get('default_model')}")
     for name, model in data.get("models", {}).items():
-        click.echo(f"model {name}: {model['workers']} workers ({model['idle']} idle), {model['queued']} queued, "
+        draining = f", {model['draining']} draining" if model.get("draining") else ""
+        click.echo(f"model {name}: {model['workers']} workers ({model['idle']} idle{draining}), "
+                   f"{model['queued']} queued, "
                    f"labels {', '.join(model.get('labels', []))}")
         if model.get("load_error"):
             click.echo(f"  not loaded: {model['load_error']}")
     for w in data.get("workers", []):
         click.echo(f"  {w['identity']}: {w['state']} on {w.get('placement')} at {w.get('host')} "
                    f"(pid {w.get('pid')}), served {w['served']}")
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("--worker", "worker_id", help="Drain one worker: its identity as `intgrads-broker status` shows it.")
+@click.option("--frontend", default=DEFAULT_CLIENT_ENDPOINT, show_default=True, help="The broker's frontend endpoint.")
+@click.option("--timeout", type=float, default=3.0, show_default=True)
+def drain(model: str | None, worker_id: str | None, frontend: str, timeout: float) -> None:
+    """Drain every worker of MODEL, or one (--worker ID): each finishes its
+    current request, takes no new one and exits; queued requests go to the
+    other workers. Supervisors do not restart drained workers."""
+    from .errors import IntgradsError
+    from .service.broker_client import BrokerClient
+
+    if (model is None) == (worker_id is None):
+        raise click.UsageError("name a MODEL or give --worker ID (not both)")
+    try:
+        with BrokerClient(frontend) as client:
+            answer = client.drain(model=model, worker=worker_id, timeout=timeout)
+    except IntgradsError as exc:
+        raise click.ClickException(f"{exc.description} ({exc.status} {exc.code})") from exc
+    workers = answer["workers"]
+    click.echo(f"told {answer['count']} worker{'s' if answer['count'] != 1 else ''} to drain"
+               + (f": {', '.join(workers)}" if workers else ""))
 
 
 @main.command()

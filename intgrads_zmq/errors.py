@@ -218,3 +218,11 @@ class JobNotFinished(IntgradsError):
     code = "job_not_finished"
     status = 409
     title = "Job not finished"
+
+
+class UnknownWorker(IntgradsError):
+    """A drain names a worker the broker does not have (not registered, or gone)."""
+
+    code = "unknown_worker"
+    status = 404
+    title = "Unknown worker"

@@ -128,13 +128,14 @@ def _flush(broker: Broker) -> None:
 
 
 def run_workers(configs: list[WorkerConfig]) -> int:
-    """``intgrads-broker worker``: supervise workers until SIGTERM / Ctrl-C."""
+    """``intgrads-broker worker``: supervise workers until SIGTERM / Ctrl-C, or
+    until every one of them was drained (then there is nothing left to run)."""
     stop = {"now": False}
     _on_signals(lambda: stop.update(now=True))
     supervisor = Supervisor(configs)
     supervisor.start()
     try:
-        while not stop["now"]:
+        while not stop["now"] and not supervisor.all_drained:
             supervisor.poll()
             time.sleep(0.2)
     finally:

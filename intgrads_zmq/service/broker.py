@@ -24,6 +24,12 @@ it keeps:
   out, a running one's worker is told to stop at its next chunk. Unknown or
   answered ids are a no-op. Workers' PROGRESS is forwarded to clients that
   asked for it (and kept for jobs), with queue positions as they change.
+* DRAIN from a client names a model (all its workers) or one worker; each is
+  marked draining at once (never handed a new request; the queue goes to the
+  other workers, or waits as for a model with no worker) and sent DRAIN: it
+  finishes the request it holds, says goodbye and exits 0, and its supervisor
+  does not restart it. A worker may announce its own drain (SIGTERM) the same
+  way. Unknown names are answered 404.
 * Jobs (JOB_SUBMIT) are requests whose answer goes to the :class:`JobStore`,
   bounded in age and bytes; any frontend holding the job id may read it.
 * Messages that break the protocol are logged and dropped; peers are never
@@ -52,6 +58,7 @@ from ..errors import (
     QueueFull,
     ShuttingDown,
     UnknownModel,
+    UnknownWorker,
     WorkerDied,
 )
 from . import protocol as p
@@ -109,6 +116,7 @@ class WorkerRecord:
     since: float
     request: Pending | None = None
     served: int = 0
+    draining: bool = False
 
     @property
     def model(self) -> str:
@@ -118,10 +126,16 @@ class WorkerRecord:
     def name(self) -> str:
         return p.identity_text(self.identity)
 
+    @property
+    def state(self) -> str:
+        if self.draining:
+            return "draining"
+        return "busy" if self.request else "idle"
+
     def status(self, now: float) -> p.WorkerStatus:
         info = self.info
         return p.WorkerStatus(
-            identity=self.name, model=info.model, state="busy" if self.request else "idle",
+            identity=self.name, model=info.model, state=self.state,
             device=info.device, placement=info.placement, host=info.host, pid=info.pid,
             served=self.served, up_seconds=round(now - self.since, 1),
         )
@@ -384,6 +398,8 @@ class Broker:
                 self.cancel(pending, Cancelled("the client cancelled the request"))
         elif command in self._job_handlers:
             self._job_command(client, message)
+        elif command == p.Command.DRAIN:
+            self._drain_command(client, message)
         else:
             self._count("protocol_errors")
             self._peer_log(logging.WARNING, "client sent %s; ignored", message.command.name)
@@ -422,6 +438,50 @@ class Broker:
             self._report_positions(service)
         self.dispatch()
         return pending
+
+    # -- draining -----------------------------------------------------------------
+    def _drain_command(self, client: bytes, message: p.Message) -> None:
+        """DRAIN {model | worker}: answered with the workers told, or 404."""
+        request_id = message.request_id or "-"
+        target = self._decode(lambda: p.DrainTarget.from_json(message.body[0]), "dropped a malformed drain: %s")
+        if target is None:
+            self._reply_error(client, request_id, BadRequest("malformed drain: name one 'model' or one 'worker'"))
+            return
+        try:
+            records = self._drain_targets(target)
+        except IntgradsError as exc:
+            self._reply_error(client, request_id, exc)
+            return
+        for record in records:
+            self.drain(record)
+        reply = p.DrainReply([record.name for record in records])
+        self._send_client(client, p.envelope(p.CLIENT, p.Command.DRAIN_REPLY, request_id) + [reply.to_json()])
+
+    def _drain_targets(self, target: p.DrainTarget) -> list[WorkerRecord]:
+        if target.model is not None:
+            if target.model not in self.models:
+                raise UnknownModel(f"no model named '{target.model}'; served: "
+                                   f"{', '.join(sorted(self.models)) or 'none'}")
+            return [r for r in self.workers.values() if r.model == target.model]
+        # The identity as the status shows it, or the worker's name without its ".N".
+        found = [r for r in self.workers.values() if target.worker in (r.name, r.name.rpartition(".")[0])]
+        if not found:
+            raise UnknownWorker(f"no worker named '{p.printable(target.worker or '')}'; "
+                                "`intgrads-broker status` lists them")
+        return found
+
+    def drain(self, record: WorkerRecord) -> None:
+        """Dispatch nothing more to ``record`` and tell it to finish and leave."""
+        self.mark_draining(record)
+        self._send_worker(record.identity, p.envelope(p.WORKER, p.Command.DRAIN))
+
+    def mark_draining(self, record: WorkerRecord) -> None:
+        if not record.draining:
+            record.draining = True
+            self._count("workers_drained")
+            log.info("worker %s draining: %s", record.name,
+                     f"finishing request {record.request.request_id}" if record.request else "idle")
+        self.models[record.model].drain_worker(record.identity)
 
     # -- jobs ---------------------------------------------------------------------
     _job_handlers = (p.Command.JOB_SUBMIT, p.Command.JOB_STATUS, p.Command.JOB_RESULT, p.Command.JOB_CANCEL)
@@ -513,7 +573,9 @@ class Broker:
         elif message.command == p.Command.PROGRESS:
             self._progress(record, message)
         elif message.command == p.Command.DISCONNECT:
-            self.worker_gone(identity, died=False, reason="said goodbye")
+            self.worker_gone(identity, died=False, reason="drained" if record.draining else "said goodbye")
+        elif message.command == p.Command.DRAIN:
+            self.mark_draining(record)  # the worker drains itself (SIGTERM)
 
     def _register(self, identity: bytes, message: p.Message) -> None:
         info = self._decode(lambda: p.WorkerInfo.from_json(message.body[0]), "refused worker %r: %s", identity[:40])
@@ -544,8 +606,9 @@ class Broker:
         registered, its model failed to load."""
         prefix = p.identity_prefix(exited.name)
         for identity in [i for i in self.workers if i.startswith(prefix)]:
-            self.worker_gone(identity, died=True, reason=f"process exited with code {exited.exitcode}")
-        if prefix not in self._ever_registered and not self.stopping:
+            drained = exited.exitcode == 0 and self.workers[identity].draining
+            self.worker_gone(identity, died=not drained, reason=f"process exited with code {exited.exitcode}")
+        if prefix not in self._ever_registered and not self.stopping and exited.exitcode != 0:
             service = self.models.get(exited.model)
             if service is None or service.load_error is None:  # keep a LOAD_FAILED's own words
                 self.model_failed(exited.model, f"worker {p.printable(exited.name)} exited with code "
@@ -714,13 +777,9 @@ class Broker:
     def status(self) -> p.BrokerStatus:
         """Models, workers, queues and counters (for /models, /readyz, /metrics)."""
         now = time.monotonic()
-        busy: dict[str, int] = {}
-        for record in self.workers.values():
-            if record.request is not None:
-                busy[record.model] = busy.get(record.model, 0) + 1
         return p.BrokerStatus(
             default_model=self.default_model(),
-            models={name: s.status(busy.get(name, 0)) for name, s in self.models.items()},
+            models={name: s.status() for name, s in self.models.items()},
             workers=[r.status(now) for r in self.workers.values()],
             counters=dict(self.counters),
             stopping=self.stopping,

@@ -228,6 +228,11 @@ class BrokerClient:
                 return p.BrokerStatus.dict_from_json(message.body[0])
             except p.ProtocolError as exc:
                 return IntgradsError(f"malformed status reply: {exc}")
+        if message.command == p.Command.DRAIN_REPLY:
+            try:
+                return p.DrainReply.from_json(message.body[0]).to_dict()
+            except p.ProtocolError as exc:
+                return IntgradsError(f"malformed drain reply: {exc}")
         if message.command == p.Command.JOB_STATE:
             try:
                 return p.JobState.from_json(message.body[0]).to_dict()
@@ -262,3 +267,18 @@ class BrokerClient:
         if isinstance(answer, IntgradsError):
             raise BrokerUnavailable(f"the broker did not answer a status request: {answer.description}")
         return answer  # type: ignore[return-value]
+
+    def drain(self, *, model: str | None = None, worker: str | None = None, timeout: float = 3.0) -> dict[str, Any]:
+        """Drain every worker of ``model``, or the one ``worker`` (its identity
+        in the status): ``{"workers": [identities told], "count": n}``.
+        Raises UnknownModel / UnknownWorker (404) for a name the broker lacks."""
+        request_id = p.new_request_id()
+        self._send(p.drain_frames(request_id, p.DrainTarget(model=model, worker=worker)))
+        answer = self.wait([request_id], timeout, margin=0.0)[request_id]
+        if isinstance(answer, DeadlineExceeded):
+            raise BrokerUnavailable("the broker did not answer the drain request in time", retry_after=1.0)
+        if isinstance(answer, IntgradsError):
+            raise answer
+        if not isinstance(answer, dict):
+            raise IntgradsError("unexpected answer to a drain request")
+        return answer

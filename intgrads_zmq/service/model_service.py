@@ -43,7 +43,8 @@ class ModelService:
     ``expected``: the broker was started to serve this model (its workers are
     local and supervised), so a request may wait for a worker that is still
     loading. ``load_error``: why the latest attempt to start a worker for it
-    failed; cleared when a worker registers.
+    failed; cleared when a worker registers. ``draining``: workers told to
+    drain; they finish what they hold but never go back to ``idle``.
     """
 
     name: str
@@ -53,6 +54,7 @@ class ModelService:
     queue: deque[Pending] = field(default_factory=deque)
     workers: set[bytes] = field(default_factory=set)
     idle: deque[bytes] = field(default_factory=deque)
+    draining: set[bytes] = field(default_factory=set)
 
     # -- workers --------------------------------------------------------------
     def add_worker(self, identity: bytes, info: p.WorkerInfo) -> None:
@@ -63,15 +65,25 @@ class ModelService:
 
     def remove_worker(self, identity: bytes) -> None:
         self.workers.discard(identity)
+        self.draining.discard(identity)
         if identity in self.idle:
             self.idle.remove(identity)
 
+    def drain_worker(self, identity: bytes) -> None:
+        """No new request for ``identity``, from now on."""
+        if identity in self.workers:
+            self.draining.add(identity)
+            if identity in self.idle:
+                self.idle.remove(identity)
+
     def worker_free(self, identity: bytes) -> None:
-        if identity in self.workers and identity not in self.idle:
+        if identity in self.workers and identity not in self.draining and identity not in self.idle:
             self.idle.append(identity)
 
     def has_workers(self) -> bool:
-        return bool(self.workers)
+        """Whether a worker that takes new requests is registered (draining
+        ones do not count)."""
+        return len(self.workers) > len(self.draining)
 
     def load_failed(self, error: str) -> None:
         self.load_error = error
@@ -117,10 +129,10 @@ class ModelService:
         self.queue.clear()
         return taken
 
-    def status(self, busy: int) -> p.ModelStatus:
+    def status(self) -> p.ModelStatus:
         info = self.info or p.WorkerInfo(self.name)
         return p.ModelStatus(
-            workers=len(self.workers), idle=len(self.workers) - busy, queued=len(self.queue),
+            workers=len(self.workers), idle=len(self.idle), queued=len(self.queue), draining=len(self.draining),
             labels=info.labels, defaults=info.defaults, limits=info.limits, description=info.description,
             dtype=info.dtype, expected=self.expected, load_error=self.load_error,
         )

@@ -93,6 +93,8 @@ class Command(bytes, Enum):
     JOB_RESULT = b"\x0e"
     JOB_CANCEL = b"\x0f"
     JOB_STATE = b"\x10"
+    DRAIN = b"\x11"
+    DRAIN_REPLY = b"\x12"
 
 
 class ProtocolError(ValueError):
@@ -173,7 +175,7 @@ def loads_object(frame: Any) -> dict[str, Any]:
 _WITH_ID = {
     CLIENT: {Command.REQUEST, Command.STATUS, Command.REPLY, Command.ERROR, Command.STATUS_REPLY,
              Command.CANCEL, Command.PROGRESS, Command.JOB_SUBMIT, Command.JOB_STATUS, Command.JOB_RESULT,
-             Command.JOB_CANCEL, Command.JOB_STATE},
+             Command.JOB_CANCEL, Command.JOB_STATE, Command.DRAIN, Command.DRAIN_REPLY},
     WORKER: {Command.REQUEST, Command.REPLY, Command.ERROR, Command.CANCEL, Command.PROGRESS},
 }
 # Minimum number of body frames (after header, command and id) per command.
@@ -190,7 +192,11 @@ _MIN_BODY = {
     Command.JOB_RESULT: 1,
     Command.JOB_CANCEL: 1,
     Command.JOB_STATE: 1,
+    Command.DRAIN_REPLY: 1,
 }
+# Per side: DRAIN carries a DrainTarget from a client; between broker and
+# worker it is bare (broker -> worker: drain; worker -> broker: I am draining).
+_MIN_BODY_FOR = {(CLIENT, Command.DRAIN): 1}
 
 
 def parse(frames: Sequence[Any], header: bytes) -> Message:
@@ -215,7 +221,7 @@ def parse(frames: Sequence[Any], header: bytes) -> Message:
             request_id = raw_id.decode("ascii")
         except UnicodeDecodeError:
             raise ProtocolError("request id is not ASCII") from None
-    if len(rest) < _MIN_BODY.get(command, 0):
+    if len(rest) < _MIN_BODY_FOR.get((header, command), _MIN_BODY.get(command, 0)):
         raise ProtocolError(f"{command.name} is missing frames")
     return Message(command, request_id, rest)
 
@@ -375,6 +381,54 @@ class JobQuery:
         if not isinstance(job_id, str) or not 0 < len(job_id) <= MAX_REQUEST_ID_BYTES or not job_id.isascii():
             raise ProtocolError("'job_id' must be 1 to 64 ASCII characters")
         return cls(job_id)
+
+
+@dataclass(frozen=True)
+class DrainTarget:
+    """What a DRAIN from a client drains: every worker of ``model``, or the
+    one ``worker`` (its identity as the status shows it). Exactly one is set."""
+
+    model: str | None = None
+    worker: str | None = None
+
+    def to_json(self) -> bytes:
+        return dumps({"model": self.model} if self.model is not None else {"worker": self.worker})
+
+    @classmethod
+    def from_json(cls, frame: Any) -> DrainTarget:
+        data = loads_object(frame)
+        model, worker = data.get("model"), data.get("worker")
+        if (model is None) == (worker is None):
+            raise ProtocolError("a drain names exactly one of 'model' and 'worker'")
+        if model is not None:
+            return cls(model=_model_name(model, "model"))
+        if not isinstance(worker, str) or not 0 < len(worker.encode("utf-8")) <= MAX_NAME_BYTES + 16:
+            raise ProtocolError("'worker' must be a worker identity of 1 to 216 bytes")
+        return cls(worker=worker)
+
+
+@dataclass(frozen=True)
+class DrainReply:
+    """DRAIN_REPLY: the workers told to drain (identities as in the status)."""
+
+    workers: list[str]
+
+    def to_json(self) -> bytes:
+        return dumps({"workers": self.workers, "count": len(self.workers)})
+
+    @classmethod
+    def from_json(cls, frame: Any) -> DrainReply:
+        workers = loads_object(frame).get("workers")
+        if not isinstance(workers, list) or not all(isinstance(w, str) for w in workers):
+            raise ProtocolError("'workers' must be a list of strings")
+        return cls(list(workers))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"workers": list(self.workers), "count": len(self.workers)}
+
+
+def drain_frames(request_id: str, target: DrainTarget) -> list[bytes]:
+    return envelope(CLIENT, Command.DRAIN, request_id) + [target.to_json()]
 
 
 @dataclass(frozen=True)
@@ -612,6 +666,7 @@ class ModelStatus:
     dtype: str | None
     expected: bool
     load_error: str | None
+    draining: int = 0  # of ``workers``, told to drain: they take no new request
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "model": self.description}
@@ -623,7 +678,7 @@ class WorkerStatus:
 
     identity: str
     model: str
-    state: str  # "idle" or "busy"
+    state: str  # "idle", "busy" or "draining" (finishing its request, then leaving)
     device: str | None
     placement: str | None
     host: str | None

@@ -8,7 +8,8 @@ is called from the broker's loop (same thread) and reports the workers that
 just exited (:class:`WorkerExit`), so the broker can re-dispatch their requests
 at once instead of waiting for missed heartbeats, and can tell a worker that
 died while loading its model. Restarts back off exponentially while a slot
-keeps failing.
+keeps failing. A worker that exits 0 was drained (``intgrads-broker drain``,
+or SIGTERM): its slot is retired, not restarted, and the others keep running.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Slot:
     started_at: float = 0.0
     failures: int = 0
     restart_at: float | None = None
+    drained: bool = False  # exited 0 after a drain: retired for good
 
 
 class Supervisor:
@@ -74,10 +76,20 @@ class Supervisor:
             process = slot.process
             if process is not None and process.exitcode is not None:
                 gone.append(WorkerExit(slot.identity, slot.config.model.name, process.exitcode))
-                self._schedule_restart(slot, now, process.exitcode)
+                if process.exitcode == 0:
+                    self._retire(slot)
+                else:
+                    self._schedule_restart(slot, now, process.exitcode)
             elif process is None and slot.restart_at is not None and now >= slot.restart_at:
                 self._start(slot)
         return gone
+
+    def _retire(self, slot: Slot) -> None:
+        slot.process.join(timeout=0)
+        slot.process, slot.restart_at, slot.drained = None, None, True
+        left = sum(1 for s in self.slots if not s.drained)
+        log.info("worker %d (%s) drained and exited; not restarted (%d worker slots left)",
+                 slot.index, slot.identity, left)
 
     def _schedule_restart(self, slot: Slot, now: float, exitcode: int) -> None:
         if now - slot.started_at > STABLE_AFTER:
@@ -88,6 +100,10 @@ class Supervisor:
         slot.process = None
         slot.restart_at = now + delay
         log.warning("worker %d exited with code %s; restarting in %.1f s", slot.index, exitcode, delay)
+
+    @property
+    def all_drained(self) -> bool:
+        return all(slot.drained for slot in self.slots)
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM every worker, wait up to ``grace``, then SIGKILL the rest."""

@@ -15,6 +15,12 @@ event (link thread); the engine's ``before_chunk`` hook (compute thread)
 raises :class:`~intgrads_zmq.errors.Cancelled` at the next chunk boundary,
 which is answered as an error like any other, so the broker frees the worker.
 
+Draining: a DRAIN from the broker, or SIGTERM (the worker then tells the
+broker DRAIN itself, so nothing new is dispatched to it), makes the worker
+finish the request(s) it already accepted, say goodbye (DISCONNECT) and exit
+0. Exit 0 means "drained": the supervisor does not restart it. Any other end
+(the link thread failing: 1, a failed load: 3, a signal) is restarted.
+
 A worker that cannot load its model tells the broker why (LOAD_FAILED, so
 requests for the model are refused at once instead of waiting for it) and
 exits with :data:`~.processes.EXIT_LOAD_FAILED`.
@@ -98,7 +104,7 @@ class BrokerLink(threading.Thread):
     """The link thread: the only user of the DEALER socket."""
 
     def __init__(self, config: WorkerConfig, info: p.WorkerInfo, context: zmq.Context,
-                 replies_endpoint: str) -> None:
+                 replies_endpoint: str, draining: threading.Event | None = None) -> None:
         super().__init__(name="broker-link", daemon=True)
         self.config = config
         self.info = info
@@ -107,6 +113,8 @@ class BrokerLink(threading.Thread):
         self.jobs: queue.Queue[Job] = queue.Queue()
         self.stopping = threading.Event()
         self.parent_gone = threading.Event()
+        self.draining = draining or threading.Event()  # set by SIGTERM or the broker's DRAIN
+        self._drain_announced = False
         self._busy = False
         self._current: Job | None = None
         self._must_register = True
@@ -136,7 +144,11 @@ class BrokerLink(threading.Thread):
                     dealer.send_multipart(frames, copy=False)
                     if frames[1].bytes != p.Command.PROGRESS.value:
                         self._busy, self._current = False, None
-                if self._must_register and not self._busy:
+                if self.draining.is_set() and not self._drain_announced:
+                    dealer.send_multipart(p.envelope(p.WORKER, p.Command.DRAIN))
+                    self._drain_announced = True
+                    log.info("draining: finishing the accepted request, then exiting")
+                elif self._must_register and not self._busy and not self.draining.is_set():
                     self._send_ready(dealer)
                 if now - last_beat >= interval:
                     dealer.send_multipart(p.envelope(p.WORKER, p.Command.HEARTBEAT))
@@ -193,6 +205,10 @@ class BrokerLink(threading.Thread):
             return
         if message.command == p.Command.DISCONNECT:
             self._must_register = True
+        elif message.command == p.Command.DRAIN:
+            log.info("the broker asked this worker to drain")
+            self._drain_announced = True  # the broker knows already
+            self.draining.set()
         elif message.command == p.Command.REQUEST:
             self._accept(dealer, message)
         elif message.command == p.Command.CANCEL:
@@ -216,6 +232,11 @@ class BrokerLink(threading.Thread):
         deadline = time.monotonic() + (body.timeout or 600.0)
         self._current = Job(request_id, body, deadline)
         self.jobs.put(self._current)
+
+    @property
+    def idle(self) -> bool:
+        """No accepted request is waiting for its reply to be forwarded."""
+        return not self._busy
 
     def _parent_died(self) -> bool:
         parent = self.config.parent_pid
@@ -380,7 +401,7 @@ def run_worker(config: WorkerConfig) -> int:
     """Entry point of a worker process (spawned or run from the CLI)."""
     _prepare_process(config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s[%(process)d] %(message)s")
-    stop = threading.Event()
+    stop = threading.Event()  # drain: finish what was accepted, then exit 0
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     # A supervised worker leaves Ctrl-C to its supervisor, which stops it last.
     supervised = config.parent_pid is not None
@@ -395,12 +416,14 @@ def run_worker(config: WorkerConfig) -> int:
     computer = Computer(adapter, config)
     context = zmq.Context()
     endpoint = f"inproc://replies-{uuid.uuid4().hex}"
-    link = BrokerLink(config, describe_worker(config, adapter, load_seconds), context, endpoint)
+    link = BrokerLink(config, describe_worker(config, adapter, load_seconds), context, endpoint, draining=stop)
     replies = context.socket(zmq.PUSH)
     replies.connect(endpoint)
     link.start()
     try:
-        while not stop.is_set() and not link.parent_gone.is_set() and link.is_alive():
+        while not link.parent_gone.is_set() and link.is_alive():
+            if stop.is_set() and link.idle and link.jobs.empty():
+                break  # drained: every accepted request is answered
             try:
                 job = link.jobs.get(timeout=0.2)
             except queue.Empty:
@@ -411,4 +434,7 @@ def run_worker(config: WorkerConfig) -> int:
         link.join(timeout=5)
         replies.close(linger=1000)
         context.term()
-    return 0
+    if stop.is_set() or link.parent_gone.is_set():
+        return 0
+    log.error("the broker link thread ended unexpectedly")
+    return 1

@@ -21,12 +21,14 @@ from intgrads_zmq.errors import (
     Cancelled,
     ComputeFailed,
     DeadlineExceeded,
+    IntgradsError,
     JobGone,
     JobNotFinished,
     NoWorkers,
     QueueFull,
     UnknownJob,
     UnknownModel,
+    UnknownWorker,
     WorkerDied,
 )
 from intgrads_zmq.payload import AttributionPayload, RawTensor
@@ -541,3 +543,78 @@ def test_a_waiting_client_hears_its_new_position_when_a_request_ahead_is_cancell
     stack.client.cancel([ahead])
     stack.client.wait([watched], 0.2, margin=0.0, on_progress=lambda _rid, u: seen.append(u))
     assert [(u.state, u.position) for u in seen] == [("queued", 1), ("queued", 0)]
+
+
+# -- draining ----------------------------------------------------------------------
+def test_a_drained_busy_worker_finishes_its_request_and_the_queue_goes_to_the_other_worker(make_broker):
+    stack = make_broker(expected_models=("m",))
+    busy, other = stack.worker(name="m-busy"), stack.worker(name="m-other")
+    first = stack.client.submit("running")
+    assert busy.next_request().request_id == first
+    second = stack.client.submit("next")
+    assert other.next_request().request_id == second  # both busy now; two more wait
+    queued = [stack.client.submit(f"queued {i}") for i in range(2)]
+    assert stack.client.drain(worker="m-busy.1") == {"workers": ["m-busy.1"], "count": 1}
+    busy.next_message(p.Command.DRAIN)
+    states = {w["identity"]: w["state"] for w in stack.status()["workers"]}
+    assert states == {"m-busy.1": "draining", "m-other.1": "busy"}
+    assert stack.status()["models"]["m"]["draining"] == 1
+    busy.reply(first)  # its running request completes and is answered
+    assert isinstance(stack.outcome(first), AttributionPayload)
+    other.reply(second)
+    for rid in queued:  # the queue goes to the other worker, in order
+        assert other.next_request().request_id == rid
+        other.reply(rid)
+        assert isinstance(stack.outcome(rid), AttributionPayload)
+    with pytest.raises(TimeoutError):  # the draining worker was handed nothing new
+        busy.next_message(p.Command.REQUEST, 0.1)
+    busy.send(p.Command.DISCONNECT)
+    wait_until(lambda: [w["identity"] for w in stack.status()["workers"]] == ["m-other.1"])
+    stack.exits.put(WorkerExit("m-busy", "m", 0))  # its process exits 0: not a load failure
+    wait_until(lambda: stack.exits.empty())
+    model = stack.status()["models"]["m"]
+    assert (model["workers"], model["draining"], model["load_error"]) == (1, 0, None)
+
+
+def test_draining_an_idle_worker_and_a_whole_model(make_broker):
+    stack = make_broker(expected_models=("m",))
+    idle = stack.worker(name="m-idle")
+    assert stack.client.drain(worker="m-idle")["workers"] == ["m-idle.1"]  # its name without ".N" works too
+    idle.next_message(p.Command.DRAIN)
+    assert stack.status()["models"]["m"]["idle"] == 0
+    rid = stack.client.submit("waits")  # no serving worker left: an expected model's request waits
+    late = stack.worker(name="m-late")
+    assert late.next_request().request_id == rid
+    late.reply(rid)
+    assert isinstance(stack.outcome(rid), AttributionPayload)
+    answer = stack.client.drain(model="m")
+    assert sorted(answer["workers"]) == ["m-idle.1", "m-late.1"] and answer["count"] == 2
+    late.next_message(p.Command.DRAIN)
+    assert {w["state"] for w in stack.status()["workers"]} == {"draining"}
+    assert stack.status()["counters"]["workers_drained"] == 2
+
+
+def test_a_worker_announcing_its_own_drain_gets_no_new_request(make_broker):
+    stack = make_broker()
+    leaving, staying = stack.worker(name="m-leaving"), stack.worker(name="m-staying")
+    leaving.send(p.Command.DRAIN)  # as after a SIGTERM
+    wait_until(lambda: {w["identity"]: w["state"] for w in stack.status()["workers"]}["m-leaving.1"] == "draining")
+    rid = stack.client.submit("text")
+    assert staying.next_request().request_id == rid
+    with pytest.raises(TimeoutError):
+        leaving.next_message(p.Command.REQUEST, 0.1)
+
+
+def test_draining_an_unknown_model_or_worker_is_404_and_a_malformed_drain_400(make_broker):
+    stack = make_broker()
+    stack.worker(name="m-a")
+    with pytest.raises(UnknownModel):
+        stack.client.drain(model="nope")
+    with pytest.raises(UnknownWorker) as raised:
+        stack.client.drain(worker="m-zzz.1")
+    assert raised.value.status == 404 and "m-zzz.1" in raised.value.description
+    request_id = p.new_request_id()
+    stack.client._send(p.envelope(p.CLIENT, p.Command.DRAIN, request_id) + [b'{"model": "m", "worker": "m-a.1"}'])
+    outcome = stack.outcome(request_id)
+    assert isinstance(outcome, IntgradsError) and outcome.status == 400
+    assert [w["state"] for w in stack.status()["workers"]] == ["idle"]

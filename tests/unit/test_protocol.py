@@ -119,7 +119,7 @@ def test_status_keeps_the_keys_frontends_read():
     data = p.BrokerStatus.dict_from_json(status.to_json())
     assert set(data) == {"default_model", "models", "workers", "counters", "stopping", "jobs"}
     assert set(data["models"]["m"]) == {"workers", "idle", "queued", "labels", "defaults", "limits", "model",
-                                        "description", "dtype", "expected", "load_error"}
+                                        "description", "dtype", "expected", "load_error", "draining"}
     assert data["models"]["m"]["model"] == {"hidden": 8}
     assert set(data["workers"][0]) == {"identity", "model", "state", "device", "placement", "host", "pid",
                                        "served", "up_seconds"}
@@ -177,3 +177,31 @@ def test_job_state_round_trips_and_validates_its_fields():
                 {"state": "done", "job_id": ""}):
         with pytest.raises(p.ProtocolError):
             p.JobState.from_json(p.dumps({**state.to_dict(), **bad}))
+
+
+def test_drain_round_trips_on_both_sides_and_names_exactly_one_target():
+    for target in (p.DrainTarget(model="tiny"), p.DrainTarget(worker="tiny-w0-ab12cd.1")):
+        message = p.parse(p.drain_frames("d1", target), p.CLIENT)
+        assert (message.command, message.request_id) == (p.Command.DRAIN, "d1")
+        assert p.DrainTarget.from_json(message.body[0]) == target
+    with pytest.raises(p.ProtocolError):  # a client's DRAIN needs its target
+        p.parse(p.envelope(p.CLIENT, p.Command.DRAIN, "d1"), p.CLIENT)
+    for bad in (b"{}", b'{"model": "m", "worker": "w.1"}', b'{"model": ""}', b'{"model": 3}',
+                b'{"worker": ["w"]}', b'{"worker": ""}', b"[]", b'{"worker": "' + b"w" * 300 + b'"}'):
+        with pytest.raises(p.ProtocolError):
+            p.DrainTarget.from_json(bad)
+    reply = p.parse(p.envelope(p.CLIENT, p.Command.DRAIN_REPLY, "d1") + [p.DrainReply(["a.1", "b.1"]).to_json()],
+                    p.CLIENT)
+    assert p.DrainReply.from_json(reply.body[0]).to_dict() == {"workers": ["a.1", "b.1"], "count": 2}
+    for bad in (b"{}", b'{"workers": [1]}', b'{"workers": "a.1"}'):
+        with pytest.raises(p.ProtocolError):
+            p.DrainReply.from_json(bad)
+    # Between broker and worker DRAIN is bare, in both directions, with no request id.
+    message = p.parse(p.envelope(p.WORKER, p.Command.DRAIN), p.WORKER)
+    assert (message.command, message.request_id, list(message.body)) == (p.Command.DRAIN, None, [])
+
+
+def test_worker_status_can_say_draining_and_models_count_draining_workers():
+    status = p.ModelStatus(workers=2, idle=0, queued=3, labels=[], defaults={}, limits={}, description={},
+                           dtype=None, expected=True, load_error=None, draining=1)
+    assert status.to_dict()["draining"] == 1
