@@ -145,8 +145,7 @@ class BrokerLink(threading.Thread):
                     if frames[1].bytes != p.Command.PROGRESS.value:
                         self._busy, self._current = False, None
                 if self.draining.is_set() and not self._drain_announced:
-                    dealer.send_multipart(p.envelope(p.WORKER, p.Command.DRAIN))
-                    self._drain_announced = True
+                    self._announce_drain(dealer)
                     log.info("draining: finishing the accepted request, then exiting")
                 elif self._must_register and not self._busy and not self.draining.is_set():
                     self._send_ready(dealer)
@@ -191,6 +190,15 @@ class BrokerLink(threading.Thread):
         dealer.connect(self.config.connect)
         self._must_register = True
         return dealer
+
+    def _announce_drain(self, dealer: zmq.Socket) -> None:
+        """Tell the broker to send nothing new (best effort: a broker that
+        misses it still learns of the drain from the goodbye)."""
+        try:
+            dealer.send_multipart(p.envelope(p.WORKER, p.Command.DRAIN), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+        self._drain_announced = True
 
     def _send_ready(self, dealer: zmq.Socket) -> None:
         dealer.send_multipart(p.envelope(p.WORKER, p.Command.READY) + [self.info.to_json()])
