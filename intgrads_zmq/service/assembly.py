@@ -127,9 +127,16 @@ def _flush(broker: Broker) -> None:
     broker.context.destroy(linger=CLOSE_LINGER_MS)
 
 
+# SIGTERM drains a worker: it finishes the request it holds. A remote worker host
+# told to stop (a pod being replaced) waits this long for that before SIGKILL: the
+# default request deadline plus a margin, so a drain never cuts a request short.
+DRAIN_GRACE_SECONDS = 660.0
+
+
 def run_workers(configs: list[WorkerConfig]) -> int:
     """``intgrads-broker worker``: supervise workers until SIGTERM / Ctrl-C, or
-    until every one of them was drained (then there is nothing left to run)."""
+    until every one of them was drained (then there is nothing left to run).
+    On SIGTERM the workers drain: each finishes its request, then exits."""
     stop = {"now": False}
     _on_signals(lambda: stop.update(now=True))
     supervisor = Supervisor(configs)
@@ -139,7 +146,7 @@ def run_workers(configs: list[WorkerConfig]) -> int:
             supervisor.poll()
             time.sleep(0.2)
     finally:
-        supervisor.stop()
+        supervisor.stop(grace=DRAIN_GRACE_SECONDS)
     return 0
 
 

@@ -20,6 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -338,3 +339,21 @@ def http(method: str, url: str, *, data: bytes | None = None, headers: dict[str,
             return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
     except urllib.error.HTTPError as err:
         return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
+
+
+@contextlib.contextmanager
+def running_stack(model_args: list[str], *, folder: Path, workers: int = 1,
+                  env: dict[str, str] | None = None, frontend_env: dict[str, str] | None = None,
+                  ) -> Iterator[tuple[Broker, Frontend]]:
+    """A broker with ``workers`` local workers of one model, ready, and gunicorn in
+    front of it; both stopped (and checked for leftovers) on the way out."""
+    broker = start_broker(model_args, workers=workers, env=env, folder=folder)
+    frontend = None
+    try:
+        broker.wait_ready()
+        frontend = start_frontend(broker.frontend, env=frontend_env, folder=folder)
+        yield broker, frontend
+    finally:
+        if frontend is not None:
+            frontend.stop()
+        broker.stop()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from intgrads_zmq.testing.stack import REPO, http, start_broker, start_frontend
+from intgrads_zmq.testing.stack import REPO, http, running_stack
 
 pytestmark = pytest.mark.browser
 
@@ -76,16 +76,8 @@ def browser(tmp_path_factory, downloads):
 def stack(browser, tiny_bert_dir, tmp_path_factory):
     # Depends on browser so that a missing Chromium skips before any process starts.
     folder = tmp_path_factory.mktemp("web-stack")
-    broker = start_broker(["--model", str(tiny_bert_dir), "--name", "tiny"], workers=1, folder=folder)
-    frontend = None
-    try:
-        broker.wait_ready()
-        frontend = start_frontend(broker.frontend, folder=folder)
+    with running_stack(["--model", str(tiny_bert_dir), "--name", "tiny"], folder=folder) as (_, frontend):
         yield frontend
-    finally:
-        if frontend:
-            frontend.stop()
-        broker.stop()
 
 
 def wait(driver, condition, timeout=30.0, what="condition"):

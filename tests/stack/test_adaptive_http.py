@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from intgrads_zmq.testing.stack import start_broker, start_frontend
+from intgrads_zmq.testing.stack import running_stack
 
 AUTO_KEYS = ("n_steps", "nodes_used", "method", "tolerance", "error_estimate", "completeness",
              "converged", "alphas", "step_sizes")  # fmt: skip
@@ -19,17 +19,9 @@ EPS32 = torch.finfo(torch.float32).eps
 @pytest.fixture(scope="module")
 def stack(tiny_bert_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("adaptive-stack")
-    broker = start_broker(["--model", str(tiny_bert_dir), "--name", "tiny", "--baseline", "pad", "--n-steps", "auto"],
-                          workers=1, folder=folder)  # fmt: skip
-    frontend = None
-    try:
-        broker.wait_ready(workers=1)
-        frontend = start_frontend(broker.frontend, folder=folder)
+    with running_stack(["--model", str(tiny_bert_dir), "--name", "tiny", "--baseline", "pad", "--n-steps", "auto"],
+                       folder=folder) as (_, frontend):  # fmt: skip
         yield frontend
-    finally:
-        if frontend:
-            frontend.stop()
-        broker.stop()
 
 
 def test_auto_in_json_and_torch_formats(stack):

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from intgrads_zmq.testing.stack import start_broker, start_frontend, wait_until
+from intgrads_zmq.testing.stack import running_stack, start_frontend, wait_until
 
 LONG_TEXT = " ".join(["a great film with wonderful acting"] * 40)
 # Riemann nodes cost nothing to make (Gauss-Legendre nodes for 3000 steps take seconds
@@ -28,17 +28,9 @@ QUICK = {"sequence": "a fine film", "n_steps": 8}
 @pytest.fixture(scope="module")
 def stack(tiny_bert_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("cancel")
-    broker = start_broker(["--model", str(tiny_bert_dir), "--name", "tiny", "--max-steps", "5000",
-                           "--memory-budget", "4MiB"], workers=1, folder=folder)
-    frontend = None
-    try:
-        broker.wait_ready()
-        frontend = start_frontend(broker.frontend, folder=folder)
-        yield broker, frontend
-    finally:
-        if frontend:
-            frontend.stop()
-        broker.stop()
+    with running_stack(["--model", str(tiny_bert_dir), "--name", "tiny", "--max-steps", "5000",
+                        "--memory-budget", "4MiB"], folder=folder) as running:
+        yield running
 
 
 def open_request(url: str, body: dict, path: str = "/model/?format=json") -> socket.socket:

@@ -14,7 +14,7 @@ import torch
 
 from intgrads_zmq.client import ApiError, Client, RequestTimeout, ServerUnreachable
 from intgrads_zmq.errors import BadRequest, UnknownModel
-from intgrads_zmq.testing.stack import free_port, start_broker, start_frontend
+from intgrads_zmq.testing.stack import free_port, running_stack, start_frontend
 
 SEED_KEYS = ("integrated_gradients", "intermediate_gradients", "step_sizes", "intermediates")
 FAULTS = json.dumps({"sleep_on": "SLOW", "sleep_seconds": 3})
@@ -23,17 +23,9 @@ FAULTS = json.dumps({"sleep_on": "SLOW", "sleep_seconds": 3})
 @pytest.fixture(scope="module")
 def client(tiny_bert_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("client-stack")
-    broker = start_broker(["--model", str(tiny_bert_dir), "--name", "tiny"], workers=1,
-                          folder=folder, env={"INTGRADS_FAULTS": FAULTS})
-    frontend = None
-    try:
-        broker.wait_ready()
-        frontend = start_frontend(broker.frontend, folder=folder)
+    with running_stack(["--model", str(tiny_bert_dir), "--name", "tiny"], folder=folder,
+                       env={"INTGRADS_FAULTS": FAULTS}) as (_, frontend):
         yield Client(frontend.url, timeout=60)
-    finally:
-        if frontend:
-            frontend.stop()
-        broker.stop()
 
 
 def test_torch_format_is_the_original_dict(client):

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from intgrads_zmq.testing.stack import http, start_broker, start_frontend, wait_until
+from intgrads_zmq.testing.stack import http, running_stack, start_broker, start_frontend, wait_until
 
 TEXT = " ".join(["a great film with wonderful acting"] * 3)
 SLOW = {"sequence": " ".join([TEXT] * 12), "n_steps": 3000, "method": "riemann_trapezoid", "fields": []}
@@ -117,17 +117,9 @@ def test_a_batch_job_is_refused(stack):
 @pytest.fixture
 def small_store(tiny_bert_dir, tmp_path):
     """A broker that keeps results 6 s and 400 KiB at most, and its frontend."""
-    broker = start_broker(["--model", str(tiny_bert_dir), "--name", "tiny", "--job-ttl", "6",
-                           "--job-store-bytes", "400KiB"], workers=1, folder=tmp_path)
-    frontend = None
-    try:
-        broker.wait_ready()
-        frontend = start_frontend(broker.frontend, folder=tmp_path)
-        yield broker, frontend
-    finally:
-        if frontend:
-            frontend.stop()
-        broker.stop()
+    with running_stack(["--model", str(tiny_bert_dir), "--name", "tiny", "--job-ttl", "6",
+                        "--job-store-bytes", "400KiB"], folder=tmp_path) as running:
+        yield running
 
 
 def test_results_are_evicted_by_bytes_then_by_age_and_answer_410(small_store):

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from intgrads_zmq.testing.stack import http as http_call
-from intgrads_zmq.testing.stack import start_broker, start_frontend, wait_until
+from intgrads_zmq.testing.stack import running_stack, wait_until
 
 TEXT = " ".join(["a great film with wonderful acting"] * 6)
 BODY = {"sequence": TEXT, "n_steps": 400, "method": "riemann_trapezoid", "fields": []}
@@ -20,17 +20,9 @@ BODY = {"sequence": TEXT, "n_steps": 400, "method": "riemann_trapezoid", "fields
 @pytest.fixture(scope="module")
 def stack(tiny_bert_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("sse")
-    broker = start_broker(["--model", str(tiny_bert_dir), "--name", "tiny", "--max-steps", "5000",
-                           "--memory-budget", "4MiB"], workers=1, folder=folder)
-    frontend = None
-    try:
-        broker.wait_ready()
-        frontend = start_frontend(broker.frontend, folder=folder)
-        yield broker, frontend
-    finally:
-        if frontend:
-            frontend.stop()
-        broker.stop()
+    with running_stack(["--model", str(tiny_bert_dir), "--name", "tiny", "--max-steps", "5000",
+                        "--memory-budget", "4MiB"], folder=folder) as running:
+        yield running
 
 
 def open_stream(url: str, body: dict) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:

@@ -35,6 +35,13 @@ COVERAGE: list[tuple[str, list[str]]] = [
     (r"^kubectl apply -k deploy/k8s$",  # no cluster here: rendered and schema-checked offline
      ["tests.unit.test_deploy::test_kustomize_renders_every_listed_object",
       "tests.unit.test_deploy::test_every_object_validates_against_a_recent_kubernetes_schema"]),
+    (r"^intgrads-broker status$", ["tests.stack.test_cli::test_status_command"]),
+    (r"^intgrads-broker drain (--worker )?\S+$",
+     ["tests.stack.test_drain::test_draining_a_busy_worker_loses_nothing_and_it_is_not_restarted"]),
+    (r"^kill -TERM <worker pid>$",
+     ["tests.stack.test_drain::test_unknown_names_are_clear_errors_and_sigterm_drains_a_worker_itself"]),
+    (r"^intgrads-broker worker --connect tcp://broker:5556 --model \S+ --name \S+ --cpu$",
+     ["tests.stack.test_frontend::test_several_sequences_and_a_named_model"]),
     (r"^make test-fast$", ["tests.unit.test_readme::test_every_readme_command_is_covered"]),  # runs tests/unit
     (r"^intgrads-broker worker --connect tcp://127\.0\.0\.1:5556 --model \S+ --name xlnet --cpu$",
      ["tests.stack.test_frontend::test_several_sequences_and_a_named_model"]),
