@@ -32,7 +32,6 @@ from intgrads_zmq.testing.stack import (
     start_broker,
     wait_until,
 )
-from intgrads_zmq.testing.tiny_models import make_tiny_bert
 
 TEXT = "a great film , not boring !"
 SLOW_FAULT = {"INTGRADS_FAULTS": json.dumps({"sleep_on": "SLOW", "sleep_seconds": 3})}
@@ -126,26 +125,23 @@ def kill_the_busy_worker(broker, model=None):
     return status
 
 
-def test_two_workers_compute_in_parallel(tmp_path):
-    folder = make_tiny_bert(tmp_path / "medium", hidden=256, layers=4, heads=4)
-    broker = start_broker(["--model", str(folder), "--name", "medium"], workers=2)
+def test_two_workers_compute_in_parallel(tiny_bert_dir):
+    """Two requests run at the same moment on two worker processes: the broker's
+    status shows both workers busy at once, and both answers arrive. (Proved by
+    state, not by timing: speed ratios belong in bench/broker_overhead.py.)"""
+    broker = start_broker(["--model", str(tiny_bert_dir), "--name", "tiny"], workers=2, env=SLOW_FAULT)
     try:
         broker.wait_ready()
-        text = " ".join(["a great film with wonderful acting and a sad ending"] * 12)
-        options = {"n_steps": 100, "max_length": 128}
         with client_for(broker) as client:
-            client.attribute(text, options={"n_steps": 2})  # warm both code paths
-            client.attribute(text, options={"n_steps": 2})
-            started = time.perf_counter()
-            client.attribute(text, options=options)
-            one = time.perf_counter() - started
-            started = time.perf_counter()
-            ids = [client.submit(text, options=options) for _ in range(2)]
+            ids = [client.submit("SLOW " + TEXT, options={"n_steps": 4}) for _ in range(2)]
+
+            def both_busy():
+                model = client.status()["models"]["tiny"]
+                return model["workers"] == 2 and model["idle"] == 0 and model["queued"] == 0
+
+            wait_until(both_busy, 30, "both workers busy at once")
             outcomes = client.wait(ids, 120)
-            two = time.perf_counter() - started
         assert all(not isinstance(o, IntgradsError) for o in outcomes.values())
-        print(f"one request {one:.2f} s, two at once {two:.2f} s, ratio {two / one:.2f}")
-        assert two / one < 1.5
     finally:
         broker.stop()
 
