@@ -355,3 +355,37 @@ def test_other_errors_reach_the_user(browser, stack):
          "recovery once the network is back")
     assert len(find_all(driver, "#integrand svg circle.point")) == 4
     assert not console_errors(driver)
+
+
+@pytest.fixture(scope="module")
+def slow_stack(browser, tiny_bert_dir, tmp_path_factory):
+    """A stack whose requests run many small chunks, so a long one can be watched and cancelled."""
+    folder = tmp_path_factory.mktemp("web-slow-stack")
+    with running_stack(["--model", str(tiny_bert_dir), "--name", "tiny", "--memory-budget", "4MiB",
+                        "--max-steps", "3000"], folder=folder) as running:
+        yield running
+
+
+def test_a_long_request_shows_progress_and_cancel_stops_the_worker(browser, slow_stack):
+    broker, frontend = slow_stack
+    open_page(browser, frontend)
+    # ~120 tokens x 3000 steps in chunks of a few steps: tens of seconds, far longer than the
+    # second after which the page shows its progress bar.
+    find(browser, "#text").send_keys(" ".join(["a great film with wonderful acting"] * 20))
+    choose(browser, "#steps_mode", "fixed")
+    steps = find(browser, "#n_steps")
+    steps.clear()
+    steps.send_keys("3000")
+    choose(browser, "#method", "riemann_trapezoid")  # no node table to build before the first chunk
+    find(browser, "#submit").click()
+    wait(browser, lambda d: re.search(r"\d+ / 3000 steps", find(d, "#progress-text").text), 30,
+         "the progress bar counting steps")
+    assert find(browser, "#progress").is_displayed()
+    assert float(find(browser, "#progress-bar").get_attribute("value") or 0) >= 0
+    before = broker.status()["counters"].get("requests_cancelled", 0)
+    find(browser, "#cancel").click()
+    wait(browser, lambda d: broker.status()["workers"][0]["state"] == "idle", 30,
+         "the worker to stop computing after Cancel")
+    assert broker.status()["counters"].get("requests_cancelled", 0) == before + 1
+    wait(browser, lambda d: "cancel" in find(d, "#error").text.lower(), 10, "the page to say it was cancelled")
+    save_screenshot(browser, "progress-cancelled")
