@@ -46,6 +46,9 @@ bench: install
 	$(PY) bench/end_to_end.py
 	$(PY) -m bench.time_trial --examples 2 --vs-captum
 	$(PY) bench/reliability.py
+	$(PY) bench/accuracy_vs_time.py
+	$(PY) bench/abandonment.py
+	$(PY) bench/memory_soak.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
