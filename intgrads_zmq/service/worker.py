@@ -31,6 +31,7 @@ group has been made visible through ``CUDA_VISIBLE_DEVICES``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -150,7 +151,8 @@ class BrokerLink(threading.Thread):
                 elif self._must_register and not self._busy and not self.draining.is_set():
                     self._send_ready(dealer)
                 if now - last_beat >= interval:
-                    dealer.send_multipart(p.envelope(p.WORKER, p.Command.HEARTBEAT))
+                    with contextlib.suppress(zmq.Again):  # no broker connected: nothing to tell
+                        dealer.send_multipart(p.envelope(p.WORKER, p.Command.HEARTBEAT), zmq.NOBLOCK)
                     last_beat = now
                 if now - heard > silence_limit:
                     log.warning("broker silent for %.1f s; reconnecting", now - heard)
@@ -201,7 +203,13 @@ class BrokerLink(threading.Thread):
         self._drain_announced = True
 
     def _send_ready(self, dealer: zmq.Socket) -> None:
-        dealer.send_multipart(p.envelope(p.WORKER, p.Command.READY) + [self.info.to_json()])
+        """Register; never block: with no broker connected (down, or refusing this
+        worker's key) a blocking send would hang this thread, and with it
+        heartbeats, reconnects and a drain. Unsent, it is tried again next turn."""
+        try:
+            dealer.send_multipart(p.envelope(p.WORKER, p.Command.READY) + [self.info.to_json()], zmq.NOBLOCK)
+        except zmq.Again:
+            return
         self._must_register = False
 
     def _from_broker(self, dealer: zmq.Socket) -> None:
