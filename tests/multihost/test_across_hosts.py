@@ -206,7 +206,9 @@ def test_peers_without_the_right_keys_are_refused_and_logged_and_the_frontend_po
            f"({plain_zmq.stdout.strip()}); plain TCP -> {plain_closed[0].split(' ', 3)[-1]!r} "
            f"(client saw {plain.stdout.strip()!r}); from the gpu hosts: {private}")
     assert all("CURVE key refused" in line for line in intruder)
-    assert all("zmtp_cryptographic" in line for line in impostor)  # it cannot decrypt the broker's greeting
+    # It cannot decrypt the broker's greeting: libzmq reports that as a cryptographic error, or, when
+    # the peer gives up first, as a handshake failure without detail. Either way it is refused.
+    assert all(re.search(r"zmtp_cryptographic|handshake failed", line) for line in impostor)
     assert "intruder" not in models and "impostor" not in models
     assert [name for name in models] == [MODEL]
     # libzmq names the mismatch, or (when the peer's greeting is cut short) no detail

@@ -54,11 +54,19 @@ def interrupt_and_check(process: subprocess.Popen) -> int:
     pids = descendants(process.pid)
     os.killpg(process.pid, signal.SIGINT)
     code = process.wait(timeout=60)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30  # draining workers and multiprocessing's tracker exit after make
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not [p for p in pids if alive(p)], "processes left behind"
+    left = {p: _cmdline(p) for p in pids if alive(p)}
+    assert not left, f"processes left behind: {left}"
     return code
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200]
+    except OSError:
+        return "?"
 
 
 def post_gzip(url: str, text: str) -> dict:
