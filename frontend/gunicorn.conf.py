@@ -32,3 +32,31 @@ loglevel = os.environ.get("INTGRADS_LOG_LEVEL", "info")
 # No runtime control socket: several instances (tests, replicas) would fight
 # over its single default path, and nothing here needs it.
 control_socket_disable = True
+
+
+def post_worker_init(worker):
+    """Make the worker's quit handler run once.
+
+    Ctrl-C reaches every process of the group (SIGINT), and the arbiter then
+    sends its own quit signal: in gunicorn's gthread worker the second call of
+    ``handle_quit`` re-enters ``ThreadPoolExecutor.shutdown`` while the first
+    holds its lock, and the worker hangs for ever (seen: an orphaned worker
+    after ``make serve`` was interrupted). A quit already under way needs no
+    second one.
+    """
+    import signal
+
+    quit_once = _once(worker.handle_quit)
+    for sig in (signal.SIGQUIT, signal.SIGINT):
+        signal.signal(sig, quit_once)
+
+
+def _once(handler):
+    started = []
+
+    def call(sig, frame):
+        if not started:
+            started.append(sig)
+            handler(sig, frame)
+
+    return call
