@@ -27,6 +27,12 @@ class EncodedText:
     extras: dict[str, torch.Tensor]  # further (1, tokens) inputs: token types, mask, positions
     tokens: list[str]
     truncated: bool
+    # Where each token came from, for merging pieces into words
+    # (models/words.py): its character span [start, end) in the text (start ==
+    # end for tokens the tokenizer added or a space it folded into a token),
+    # or None when the tokenizer cannot say (a slow, pure-Python one).
+    offsets: list[tuple[int, int]] | None = None
+    special: list[bool] | None = None  # True for tokens the tokenizer added ([CLS], <sep>, ...)
 
     @property
     def length(self) -> int:
@@ -63,12 +69,20 @@ class ClassifierAdapter(ABC):
     def encode(self, text: str, max_length: int) -> EncodedText:
         """Tokenise ``text``, truncating to ``max_length`` tokens as the seed did."""
         limit = max_length if self.max_positions is None else min(max_length, self.max_positions)
-        batch = self.tokenizer(text, truncation=False, return_tensors="pt", verbose=False)
+        # Character offsets come only from a fast (Rust) tokenizer; every
+        # tokenizer this project builds is one, a slow one simply has none.
+        where = {
+            "return_offsets_mapping": bool(getattr(self.tokenizer, "is_fast", False)),
+            "return_special_tokens_mask": True,
+        }
+        batch = self.tokenizer(text, truncation=False, return_tensors="pt", verbose=False, **where)
         truncated = batch["input_ids"].shape[1] > limit
         if truncated:  # tokenise again so the special tokens survive the cut
             batch = self.tokenizer(
-                text, truncation=True, max_length=limit, return_tensors="pt", verbose=False
+                text, truncation=True, max_length=limit, return_tensors="pt", verbose=False, **where
             )
+        offsets = batch.pop("offset_mapping", None)
+        special = batch.pop("special_tokens_mask", None)
         input_ids = batch["input_ids"].to(self.device)
         if input_ids.shape[1] == 0:
             raise BadRequest("the text produced no tokens", field="sequence")
@@ -79,6 +93,10 @@ class ClassifierAdapter(ABC):
         }
         tokens = self.tokenizer.convert_ids_to_tokens(input_ids[0].tolist())
         encoded = EncodedText(input_ids, extras, [str(t) for t in tokens], truncated)
+        if offsets is not None:
+            encoded.offsets = [(int(a), int(b)) for a, b in offsets[0].tolist()]
+        if special is not None:
+            encoded.special = [bool(v) for v in special[0].tolist()]
         self.add_position_ids(encoded)
         return encoded
 
