@@ -76,6 +76,7 @@ MAX_ATTEMPTS = 2  # a request is dispatched at most twice (re-dispatched once)
 POLL_CAP = 0.2  # seconds: how quickly a stop request is noticed
 DISCONNECT_EVERY = 1.0  # seconds between DISCONNECTs to the same unknown worker
 CLOSE_LINGER_MS = 2000  # at exit, time given to answers already sent to reach their clients
+ANSWER_GRACE = 1.0  # seconds the sockets stay open after the last answer, for clients to read it
 MAX_REMEMBERED_PEERS = 10_000  # bound on the per-peer memories below
 
 
@@ -158,6 +159,7 @@ class Broker:
         self.counters: dict[str, int] = {}
         self.jobs = JobStore(settings.job_ttl, settings.job_store_bytes)
         self.stopping = False
+        self._closing_at: float | None = None
         self._stop_requested = False
         self._stop_at = 0.0
         self._next_heartbeat = 0.0
@@ -264,7 +266,12 @@ class Broker:
             return False
         for record in busy:
             self._answer_error(record.request, ShuttingDown("the broker stopped before this finished"))
-        return True
+        # Stay open a moment after the last answer: a client's DEALER drops
+        # the answers it has not read yet when the connection goes away, and a
+        # busy frontend thread may take a while to read them.
+        if self._closing_at is None:
+            self._closing_at = now + ANSWER_GRACE
+        return now >= self._closing_at
 
     def _begin_shutdown(self, now: float) -> None:
         self.stopping = True

@@ -153,12 +153,15 @@ class BrokerClient:
             if remaining <= 0:
                 break
             events = dict(poller.poll(int(min(remaining, step) * 1000)))
+            # Answers first: a broker that replies and then exits (a graceful
+            # shutdown) delivers the reply and the disconnect in the same poll.
+            if self.socket in events:
+                self._receive(wanted, results, on_progress)
             if self.monitor in events and self._drain_monitor():
+                self._receive(wanted, results, on_progress)
                 lost = BrokerUnavailable("the connection to the broker was lost", retry_after=1.0)
                 results.update({rid: lost for rid in wanted - set(results)})
                 break
-            if self.socket in events:
-                self._receive(wanted, results, on_progress)
             if stop_if is not None and wanted - set(results) and stop_if():
                 self.give_up(sorted(wanted - set(results)), results)
         for rid in wanted - set(results):
@@ -172,8 +175,9 @@ class BrokerClient:
         as streaming progress. A lost connection answers every one."""
         results: dict[str, Outcome] = {}
         if self._drain_monitor():
+            self._receive(set(request_ids), results, on_progress)  # what arrived before the loss
             lost = BrokerUnavailable("the connection to the broker was lost", retry_after=1.0)
-            return {rid: lost for rid in request_ids}
+            return {**{rid: lost for rid in request_ids}, **results}
         if self.socket.poll(int(max(0.0, seconds) * 1000), zmq.POLLIN):
             self._receive(set(request_ids), results, on_progress)
         return results
