@@ -1,14 +1,17 @@
 """The limits a request is checked against: the serving workers' own.
 
 The workers enforce ``max_steps`` and ``max_length`` (``intgrads --max-steps``
-sets them) and report them to the broker, which lists them per model in its
-status. Checking against those values, rather than against caps of our own,
-keeps one source of truth: what /models offers is what POST /model/ accepts.
+sets them) and ``max_target_classes`` (the most classes ``target: "all"``
+explains; only a worker knows its model's classes, so only it checks) and
+report them to the broker, which lists them per model in its status.
+Checking against those values, rather than against caps of our own, keeps
+one source of truth: what /models offers is what POST /model/ accepts.
 The status is cached for a few seconds per process; the frontend's own
 defaults (INTGRADS_MAX_STEPS, ...) apply only when the broker cannot be asked
 or does not know the model yet. How many texts one HTTP request may carry
 (``max_sequences``) and how long each may be are HTTP-level limits and stay
-the frontend's.
+the frontend's (a worker still refuses a text over its own length limit,
+whoever sent it).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 from intgrads_zmq.errors import IntgradsError
 from intgrads_zmq.options import Limits
 
-WORKER_ENFORCED = ("max_steps", "max_length")
+WORKER_ENFORCED = ("max_steps", "max_length", "max_target_classes")
 CACHE_SECONDS = 3.0
 
 

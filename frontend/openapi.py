@@ -10,9 +10,12 @@ from typing import Any
 
 from intgrads_zmq import __version__
 from intgrads_zmq.options import (
+    AGGREGATES,
+    ALL_TARGETS,
     BASELINES,
     MAX_SEED,
     METHODS,
+    METRICS,
     TENSOR_FIELDS,
     TOLERANCE_RANGE,
     Limits,
@@ -36,7 +39,23 @@ def _request_schema(limits: Limits) -> dict[str, Any]:
                           "description": "Several texts; they may run on different workers."},
             "target": {"oneOf": [{"type": "integer", "minimum": 0, "maximum": 1_000_000},
                                  {"type": "string", "minLength": 1, "maxLength": 200}],
-                       "description": "Class index or label name; default: the predicted class."},
+                       "description": f"Class index or label name; default: the predicted class. "
+                                      f"'{ALL_TARGETS}': every class in one pass over the path (at most "
+                                      f"{limits.max_target_classes} classes): integrated_gradients "
+                                      "(C, 1, T, H), intermediate_gradients (C, n, T, H), and the "
+                                      "per-class values (target, target_label, f_input, f_baseline, "
+                                      "attributions, completeness_error, ...) become lists in class order."},
+            "contrast": {"oneOf": [{"type": "integer", "minimum": 0, "maximum": 1_000_000},
+                                   {"type": "string", "minLength": 1, "maxLength": 200}],
+                         "description": "Class index or label name: explain logit[target] - logit[contrast] "
+                                        "(not with target 'all'; not the target itself)."},
+            "aggregate": {"type": "string", "enum": list(AGGREGATES),
+                          "description": "'words': add words, word_attributions (summed sub-word pieces) "
+                                         "and word_spans (character offsets; null for special tokens)."},
+            "metrics": {"type": "array", "uniqueItems": True, "items": {"type": "string", "enum": list(METRICS)},
+                        "description": "Faithfulness metrics, computed with forward passes only "
+                                       "(reply: metrics; cost: timings.metrics_seconds). With target "
+                                       "'all': one result per class."},
             "n_steps": {"oneOf": [{"type": "integer", "minimum": 1, "maximum": limits.max_steps},
                                   {"type": "string", "enum": ["auto"]}],
                         "description": "Path steps, or 'auto': adaptive, to 'tolerance', "
@@ -44,7 +63,9 @@ def _request_schema(limits: Limits) -> dict[str, Any]:
             "tolerance": {"type": "number", "minimum": TOLERANCE_RANGE[0], "maximum": TOLERANCE_RANGE[1],
                           "description": "Relative per-token error target for n_steps 'auto'."},
             "method": {"type": "string", "enum": list(METHODS)},
-            "baseline": {"type": "string", "enum": list(BASELINES)},
+            "baseline": {"type": "string", "enum": list(BASELINES),
+                         "description": "'mask': every token replaced by the model's mask token "
+                                        "(400 for a model without one)."},
             "max_length": {"type": "integer", "minimum": 2, "maximum": limits.max_length},
             "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED},
             "fields": {"type": "array", "items": {"type": "string", "enum": list(TENSOR_FIELDS)},

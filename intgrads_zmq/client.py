@@ -19,6 +19,9 @@ reached raises :class:`ServerUnreachable`, a deadline raises
     >>> client = Client("http://localhost:8888")
     >>> grads = client.attribute("a great film", n_steps=20)
     >>> grads["integrated_gradients"].shape
+    >>> every = client.attribute("a great film", target="all", aggregate="words",
+    ...                          metrics=["comprehensiveness"], format="json")
+    >>> every["word_attributions"][1]      # the words' scores for class 1
 
 Long requests: ``attribute(..., progress=callback)`` reports progress as it
 goes (Server-Sent Events for format "json"; a job polled for the other
@@ -189,6 +192,9 @@ class Client:
         max_length: int | None = None,
         seed: int | None = None,
         fields: Iterable[str] | None = None,
+        contrast: int | str | None = None,
+        aggregate: str | None = None,
+        metrics: Iterable[str] | None = None,
         format: str = "torch",
         timeout: float | None = None,
         progress: Progress | None = None,
@@ -206,8 +212,17 @@ class Client:
         "queued", "position": 0}`` and ``{"state": "running", "done": 40,
         "total": 300, "eta_seconds": 2.1}`` while the request runs: read from
         Server-Sent Events for "json", from a polled job for other formats.
+
+        What is explained: ``target`` (an index, a label, or ``"all"`` for
+        every class in one pass: the class-dependent tensors then gain a
+        leading class axis and the per-class metadata become lists in class
+        order), ``contrast`` (an index or a label: explain logit[target] -
+        logit[contrast]). ``aggregate="words"`` adds ``words``,
+        ``word_attributions`` and ``word_spans``; ``metrics`` (a list from
+        "comprehensiveness", "sufficiency", "log_odds") adds ``metrics``.
         """
-        body = {"sequence": text, **_options(n_steps, method, baseline, target, max_length, seed, fields, tolerance)}
+        body = {"sequence": text, **_options(n_steps, method, baseline, target, max_length, seed, fields, tolerance,
+                                                contrast, aggregate, metrics)}
         if progress is not None and format == "json":
             return self._attribute_streamed(model, body, progress, timeout)
         if progress is not None:
@@ -229,6 +244,9 @@ class Client:
         max_length: int | None = None,
         seed: int | None = None,
         fields: Iterable[str] | None = None,
+        contrast: int | str | None = None,
+        aggregate: str | None = None,
+        metrics: Iterable[str] | None = None,
         summary_only: bool = False,
         timeout: float | None = None,
     ) -> Job:
@@ -236,7 +254,8 @@ class Client:
         the result for a while, whatever happens to this process's
         connection. ``summary_only`` keeps no tensors (the JSON summary);
         otherwise the result can be fetched in any format."""
-        body = {"sequence": text, **_options(n_steps, method, baseline, target, max_length, seed, fields, tolerance)}
+        body = {"sequence": text, **_options(n_steps, method, baseline, target, max_length, seed, fields, tolerance,
+                                                contrast, aggregate, metrics)}
         return self._submit(model, body, "json" if summary_only else "torch", timeout)
 
     def job(self, job_id: str) -> Job:
@@ -315,6 +334,9 @@ class Client:
         max_length: int | None = None,
         seed: int | None = None,
         fields: Iterable[str] | None = None,
+        contrast: int | str | None = None,
+        aggregate: str | None = None,
+        metrics: Iterable[str] | None = None,
         format: str = "torch",
         timeout: float | None = None,
     ) -> list[dict[str, Any]]:
@@ -326,7 +348,8 @@ class Client:
         ``sequences[i]``).
         """
         texts = list(texts)
-        body = {"sequences": texts, **_options(n_steps, method, baseline, target, max_length, seed, fields, tolerance)}
+        body = {"sequences": texts, **_options(n_steps, method, baseline, target, max_length, seed, fields, tolerance,
+                                                contrast, aggregate, metrics)}
         raw = self._post(model, body, format, timeout)
         return _decode_batch(raw, format)
 
@@ -463,14 +486,19 @@ def _read_error_body(err: urllib.error.HTTPError) -> bytes:
 
 def _options(n_steps: int | str | None, method: str | None, baseline: str | None,
              target: int | str | None, max_length: int | None, seed: int | None,
-             fields: Iterable[str] | None, tolerance: float | None = None) -> dict[str, Any]:
+             fields: Iterable[str] | None, tolerance: float | None = None,
+             contrast: int | str | None = None, aggregate: str | None = None,
+             metrics: Iterable[str] | None = None) -> dict[str, Any]:
     """The options that were set; unset ones stay out so server defaults apply.
     ``n_steps="auto"`` integrates adaptively to ``tolerance`` (relative)."""
     given = {"n_steps": n_steps, "method": method, "baseline": baseline, "target": target,
-             "max_length": max_length, "seed": seed, "tolerance": tolerance}
+             "max_length": max_length, "seed": seed, "tolerance": tolerance,
+             "contrast": contrast, "aggregate": aggregate}
     out = {k: v for k, v in given.items() if v is not None}
     if fields is not None:
         out["fields"] = [fields] if isinstance(fields, str) else list(fields)
+    if metrics is not None:
+        out["metrics"] = [metrics] if isinstance(metrics, str) else list(metrics)
     return out
 
 

@@ -22,14 +22,17 @@ METHODS = (
     "riemann_middle",
     "riemann_trapezoid",
 )
-BASELINES = ("zero", "pad", "unk", "rand-norm", "rand-unif", "period")
+BASELINES = ("zero", "pad", "unk", "rand-norm", "rand-unif", "period", "mask")
 TENSOR_FIELDS = (
     "integrated_gradients",
     "intermediate_gradients",
     "step_sizes",
     "intermediates",
 )
-OPTION_NAMES = ("target", "n_steps", "method", "baseline", "max_length", "seed", "tolerance")
+OPTION_NAMES = (
+    "target", "n_steps", "method", "baseline", "max_length", "seed", "tolerance",
+    "contrast", "aggregate", "metrics",
+)  # fmt: skip
 MAX_SEED = 2**63 - 1
 # ``n_steps: "auto"`` integrates adaptively to ``tolerance`` (relative error of
 # the per-token attributions). The reply names the rule it used; requests
@@ -38,6 +41,14 @@ AUTO_STEPS = "auto"
 ADAPTIVE_METHOD = "gausskronrod_adaptive"
 DEFAULT_TOLERANCE = 0.01
 TOLERANCE_RANGE = (1e-4, 0.5)
+# ``target: "all"`` explains every class in one pass over the path (the
+# tensors that depend on the class gain a leading class axis). The word is
+# reserved: a model with a label called "all" is asked for it by index.
+ALL_TARGETS = "all"
+# ``aggregate``: per sub-word token (the seed's) or per word of the input text.
+AGGREGATES = ("tokens", "words")
+# ``metrics``: faithfulness of the attribution, from forward passes only.
+METRICS = ("comprehensiveness", "sufficiency", "log_odds")
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,9 @@ class Limits:
     max_length: int = 512
     max_sequence_chars: int = 100_000
     max_sequences: int = 64
+    # target "all" costs one backward per class and multiplies the per-class
+    # tensors by the class count: refused (by the worker) above this many classes.
+    max_target_classes: int = 32
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -66,14 +80,23 @@ class AttributionOptions:
     fields: tuple[str, ...] = field(default=TENSOR_FIELDS)
     tolerance: float = DEFAULT_TOLERANCE  # used only when n_steps is "auto"
     step_budget: int = Limits.max_steps  # most evaluations "auto" may pay; the server's max_steps
+    contrast: int | str | None = None  # explain logit[target] - logit[contrast]
+    aggregate: str = "tokens"  # or "words"
+    metrics: tuple[str, ...] = ()  # faithfulness metrics to compute (a subset of METRICS)
 
     @property
     def adaptive(self) -> bool:
         return self.n_steps == AUTO_STEPS
 
+    @property
+    def every_class(self) -> bool:
+        """``target: "all"``: replies carry a leading class axis."""
+        return self.target == ALL_TARGETS
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["fields"] = list(self.fields)
+        data["metrics"] = list(self.metrics)
         del data["step_budget"]  # the server's max_steps, published with the limits
         return data
 
@@ -140,15 +163,67 @@ def check_auto_method(n_steps: Any, requested: Mapping[str, Any]) -> None:
         )
 
 
-def validate_target(value: Any) -> int | str | None:
-    """A class index (int >= 0), a label name (non-empty str) or None."""
+def validate_target(value: Any, name: str = "target") -> int | str | None:
+    """A class index (int >= 0), a label name (non-empty str), ``"all"`` (for
+    ``target`` only) or None. Whether the class exists is the worker's call:
+    only it knows the model's labels."""
     if value is None:
         return None
     if isinstance(value, str):
         if not value or len(value) > 200:
-            raise BadRequest("'target' label name must be 1 to 200 characters", field="target")
+            raise BadRequest(f"'{name}' label name must be 1 to 200 characters", field=name)
+        if value == ALL_TARGETS and name != "target":
+            raise BadRequest(f"'{name}' must be one class (an index or a label), not \"all\"", field=name)
         return value
-    return _require_int("target", value, 0, 1_000_000)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(
+            f"'{name}' must be a class index, a label name" + (' or "all"' if name == "target" else "")
+            + f", got {_describe(value)}",
+            field=name,
+        )
+    return _require_int(name, value, 0, 1_000_000)
+
+
+def validate_metrics(value: Any) -> tuple[str, ...]:
+    """Faithfulness metrics: a list of distinct names from METRICS (may be empty;
+    a tuple is what validation itself returns, so it passes a second check)."""
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise BadRequest(
+            f"'metrics' must be a list of names from {', '.join(METRICS)}; got {_describe(value)}",
+            field="metrics",
+        )
+    unknown = [v for v in value if v not in METRICS]
+    if unknown:
+        raise BadRequest(
+            f"'metrics' has unknown names {unknown}; choose from {', '.join(METRICS)}", field="metrics"
+        )
+    repeated = sorted({v for v in value if value.count(v) > 1})
+    if repeated:
+        raise BadRequest(f"'metrics' names {', '.join(repeated)} more than once", field="metrics")
+    return tuple(value)
+
+
+def check_contrast(target: Any, contrast: Any) -> None:
+    """What can be refused without the model's labels: a contrast with "all",
+    and a contrast spelled exactly like the target (the worker checks again
+    once both are class indices)."""
+    if contrast is None:
+        return
+    if target == ALL_TARGETS:
+        raise BadRequest(
+            "'contrast' cannot be combined with target \"all\"; ask for one target class", field="contrast"
+        )
+    if target is not None and type(target) is type(contrast) and _same_class_name(target, contrast):
+        raise BadRequest(
+            f"'contrast' {contrast!r} is the target itself: logit[target] - logit[contrast] would be 0",
+            field="contrast",
+        )
+
+
+def _same_class_name(a: int | str, b: int | str) -> bool:
+    if isinstance(a, str) and isinstance(b, str):
+        return a.lower() == b.lower()
+    return a == b
 
 
 def validate_options(raw: Mapping[str, Any], limits: Limits) -> dict[str, Any]:
@@ -174,8 +249,15 @@ def validate_options(raw: Mapping[str, Any], limits: Limits) -> dict[str, Any]:
         out["seed"] = _require_int("seed", raw["seed"], 0, MAX_SEED)
     if "fields" in raw:
         out["fields"] = validate_fields(raw["fields"])
+    if "contrast" in raw:
+        out["contrast"] = validate_target(raw["contrast"], "contrast")
+    if "aggregate" in raw:
+        out["aggregate"] = _require_choice("aggregate", raw["aggregate"], AGGREGATES)
+    if "metrics" in raw:
+        out["metrics"] = validate_metrics(raw["metrics"])
     check_steps_for_method(out.get("n_steps"), out.get("method"))
     check_auto_method(out.get("n_steps"), out)
+    check_contrast(out.get("target"), out.get("contrast"))
     return out
 
 
@@ -206,6 +288,7 @@ def resolve_options(
     options = replace(defaults, **checked)
     check_steps_for_method(options.n_steps, options.method)
     check_auto_method(options.n_steps, checked)
+    check_contrast(options.target, options.contrast)
     if options.step_budget != limits.max_steps:
         options = replace(options, step_budget=limits.max_steps)
     if options.max_length > limits.max_length:
@@ -256,15 +339,22 @@ def parse_request(body: Any, limits: Limits) -> ParsedRequest:
     return ParsedRequest(sequences=sequences, options=options, batch=batch)
 
 
+def check_sequence(text: Any, limits: Limits) -> str:
+    """The one text a worker is asked to explain, checked against its own limits
+    (length first, so an oversized text costs no tokenising), whatever the
+    frontend that sent it checked."""
+    return _check_text("sequence", text, limits)
+
+
 def _check_text(name: str, text: Any, limits: Limits) -> str:
     if not isinstance(text, str):
         raise BadRequest(f"'{name}' must be a string, got {_describe(text)}", field=name)
-    if not text.strip():
-        raise BadRequest(f"'{name}' is empty", field=name)
-    if len(text) > limits.max_sequence_chars:
+    if len(text) > limits.max_sequence_chars:  # first: the cheapest refusal of a huge text
         raise BadRequest(
             f"'{name}' is longer than {limits.max_sequence_chars} characters", field=name
         )
+    if not text.strip():
+        raise BadRequest(f"'{name}' is empty", field=name)
     if "\x00" in text:
         raise BadRequest(f"'{name}' contains a NUL character", field=name)
     try:

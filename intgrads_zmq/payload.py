@@ -92,14 +92,24 @@ class AttributionPayload:
     """One sequence's result: JSON-able metadata plus named raw tensors.
 
     ``meta`` keys (all plain JSON values): ``model``, ``tokens`` (list[str]),
-    ``labels`` (list[str]), ``probabilities`` (list[float]), ``target`` (int),
-    ``target_label`` (str), ``f_input``, ``f_baseline``,
-    ``completeness_error`` (floats), ``truncated`` (bool), ``n_steps``,
-    ``method``, ``baseline``, ``seed``, ``dtype``, ``attributions`` (per-token
-    sums over the hidden dimension), ``alphas`` and ``path_integrand`` (one
-    float per step) and ``timings``. ``tensors`` holds those of
-    ``integrated_gradients``, ``intermediate_gradients``, ``step_sizes``,
-    ``intermediates`` that were asked for.
+    ``labels`` (list[str]), ``probabilities`` (list[float]), ``predicted``
+    (int) and ``predicted_label``, ``target`` (int), ``target_label`` (str),
+    ``f_input``, ``f_baseline``, ``attribution_sum``, ``completeness_error``
+    (floats), ``truncated`` (bool), ``n_steps``, ``method``, ``baseline``,
+    ``seed``, ``dtype``, ``aggregate``, ``attributions`` (per-token sums over
+    the hidden dimension), ``alphas`` and ``path_integrand`` (one float per
+    step) and ``timings``. With a contrast: ``contrast`` (int) and
+    ``contrast_label``, and F(x), F(x') are logit[target] - logit[contrast].
+    With ``target: "all"`` every class-dependent value is a list in class
+    order (``target``, ``target_label``, ``f_input``, ``f_baseline``,
+    ``attribution_sum``, ``completeness_error``,
+    ``relative_completeness_error``, ``attributions``, ``path_integrand``,
+    and for ``n_steps: "auto"`` ``error_estimate`` and ``completeness``).
+    Optional: ``words``, ``word_attributions``, ``word_spans``
+    (``aggregate: "words"``) and ``metrics`` (faithfulness). ``tensors``
+    holds those of ``integrated_gradients`` (1, T, H; C, 1, T, H for "all"),
+    ``intermediate_gradients`` (n, T, H; C, n, T, H for "all"),
+    ``step_sizes`` (n, 1) and ``intermediates`` (n, T, H) that were asked for.
     """
 
     meta: dict[str, Any]

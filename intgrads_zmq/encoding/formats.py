@@ -151,6 +151,8 @@ TORCH_META_KEYS = (
     # what n_steps "auto" did (absent for a fixed step count)
     "requested_steps", "nodes_used", "tolerance", "error_estimate", "completeness",
     "converged",
+    # issue 14's options (each absent unless asked for)
+    "contrast", "contrast_label", "words", "word_attributions", "word_spans", "metrics",
 )  # fmt: skip
 
 

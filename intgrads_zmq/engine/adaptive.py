@@ -29,6 +29,17 @@ calibration set); c = 0.25 left 25 % of the zero inputs above the tolerance.
 QUADPACK's c = 200 (made for absolute tolerances near double precision) ran
 every zero input to the 300-step budget. The 7/15 pair, measured the same
 way at c = 0.5, needed 30 evaluations for pad and 120 for zero.
+
+Several functions at once (``target: "all"``: one per class, see
+:mod:`.objective`): the nodes are shared, so the integrand is the
+concatenation of every function's per-token vector, and each function's
+estimate and completeness gap are computed as above against its own
+attribution norm and its own F(x) - F(x'). The integration stops only when
+the worst function meets the tolerance (the reply reports each one's), and a
+sub-interval's size for bisection is its error measured in units of each
+function's own target, so no class is neglected because its logit moves
+less than another's. With one function every quantity is the single-target
+one.
 """
 
 from __future__ import annotations
@@ -63,14 +74,15 @@ class Piece:
     hi: float
     alphas: np.ndarray  # (2n+1,)
     weights: np.ndarray  # (2n+1,) Kronrod weights scaled to the interval
-    values: np.ndarray  # (2n+1, T) per-token integrand, float64
-    gradients: torch.Tensor  # (2n+1, T, H) float32, CPU
-    kronrod: np.ndarray  # (T,)
-    error: np.ndarray  # (T,) scaled error estimate, >= 0
+    values: np.ndarray  # (2n+1, K*T) per-token integrand of each function, float64
+    gradients: torch.Tensor  # (K, 2n+1, T, H) float32, CPU
+    kronrod: np.ndarray  # (K*T,)
+    error: np.ndarray  # (K*T,) scaled error estimate, >= 0
 
-    @property
-    def size(self) -> float:
-        return float(np.linalg.norm(self.error))
+    def size(self, scales: np.ndarray) -> float:
+        """The error's norm with each function's part divided by its ``scales`` entry."""
+        per_function = self.error.reshape(len(scales), -1) / scales[:, None]
+        return float(np.linalg.norm(per_function))
 
 
 @dataclass
@@ -79,12 +91,12 @@ class AdaptiveResult:
 
     alphas: np.ndarray
     weights: np.ndarray
-    gradients: torch.Tensor  # (n, T, H) at ``alphas``
-    integrand: np.ndarray  # (n,) summed over tokens
+    gradients: torch.Tensor  # (K, n, T, H) at ``alphas``
+    integrand: np.ndarray  # (K, n) summed over tokens
     evaluations: int
-    error_estimate: float
-    completeness: float
-    converged: bool
+    error_estimates: np.ndarray  # (K,) relative error estimate of each function's attributions
+    completenesses: np.ndarray  # (K,) relative completeness gap of each function
+    converged: bool  # every function within the tolerance
     rounds: int
     chunk_steps: int
     chunks: int
@@ -110,29 +122,46 @@ def estimate(values: np.ndarray, kronrod_w: np.ndarray, gauss_w: np.ndarray) -> 
     return kronrod, np.nan_to_num(error, nan=np.inf)
 
 
-def relative_errors(pieces: list[Piece], delta: float) -> tuple[float, float]:
-    """(error estimate of the per-token attributions, completeness gap), both relative."""
-    total = np.sum([p.kronrod for p in pieces], axis=0)
-    error = np.sum([p.error for p in pieces], axis=0)
-    norm = float(np.linalg.norm(total))
-    if norm > 0:
-        estimate_rel = float(np.linalg.norm(error)) / norm
-    else:  # nothing to attribute: exact if the rule saw no variation either
-        estimate_rel = 0.0 if not np.any(error) else float("inf")
-    scale = max(abs(delta), norm)
-    completeness = abs(float(total.sum()) - delta) / scale if scale > 0 else 0.0
-    return estimate_rel, completeness
+def _per_function(pieces: list[Piece], functions: int) -> tuple[np.ndarray, np.ndarray]:
+    """Summed Kronrod integrals and error estimates, ``(K, T)`` each."""
+    total = np.sum([p.kronrod for p in pieces], axis=0).reshape(functions, -1)
+    error = np.sum([p.error for p in pieces], axis=0).reshape(functions, -1)
+    return total, error
 
 
-def choose_splits(pieces: list[Piece], target: float, affordable: int) -> list[int]:
-    """Indices to bisect, largest error first, until the rest is under half the target."""
-    order = sorted(range(len(pieces)), key=lambda i: pieces[i].size, reverse=True)
-    remaining = np.sum([p.error for p in pieces], axis=0)
+def relative_errors(pieces: list[Piece], deltas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per function: (error estimate of the per-token attributions, completeness gap), both relative."""
+    total, error = _per_function(pieces, len(deltas))
+    estimates, gaps = np.empty(len(deltas)), np.empty(len(deltas))
+    for k, delta in enumerate(deltas):
+        norm = float(np.linalg.norm(total[k]))
+        if norm > 0:
+            estimates[k] = float(np.linalg.norm(error[k])) / norm
+        else:  # nothing to attribute: exact if the rule saw no variation either
+            estimates[k] = 0.0 if not np.any(error[k]) else float("inf")
+        scale = max(abs(float(delta)), norm)
+        gaps[k] = abs(float(total[k].sum()) - float(delta)) / scale if scale > 0 else 0.0
+    return estimates, gaps
+
+
+def attribution_norms(pieces: list[Piece], functions: int) -> np.ndarray:
+    """Each function's ||per-token attribution||, the unit its error is measured in
+    (the smallest positive float for one that is zero, so no division fails)."""
+    total, _ = _per_function(pieces, functions)
+    norms = np.linalg.norm(total, axis=1)
+    return np.where(norms > 0, norms, np.finfo(float).tiny)
+
+
+def choose_splits(pieces: list[Piece], tolerance: float, affordable: int, scales: np.ndarray) -> list[int]:
+    """Indices to bisect, largest (scaled) error first, until what remains of every
+    function's error is under half its target ``tolerance * scales[k]``."""
+    order = sorted(range(len(pieces)), key=lambda i: pieces[i].size(scales), reverse=True)
+    remaining = np.sum([p.error for p in pieces], axis=0).reshape(len(scales), -1)
     chosen: list[int] = []
     for index in order[:affordable]:
         chosen.append(index)
-        remaining = remaining - pieces[index].error
-        if np.linalg.norm(remaining) <= 0.5 * target:
+        remaining = remaining - pieces[index].error.reshape(len(scales), -1)
+        if np.all(np.linalg.norm(remaining, axis=1) <= 0.5 * tolerance * scales):
             break
     return chosen
 
@@ -140,12 +169,15 @@ def choose_splits(pieces: list[Piece], target: float, affordable: int) -> list[i
 def integrate_adaptive(
     run_nodes: RunNodes,
     *,
-    delta: float,
+    delta: float | np.ndarray,
     tolerance: float,
     budget: int,
     progress: PathProgress,
 ) -> AdaptiveResult:
-    """Bisect until both relative errors are within ``tolerance`` or ``budget`` is spent."""
+    """Bisect until both relative errors of every function are within ``tolerance``
+    or ``budget`` is spent. ``delta``: F(x) - F(x') of each function (K of them,
+    in the order of the readout rows ``run_nodes`` differentiates)."""
+    deltas = np.atleast_1d(np.asarray(delta, dtype=np.float64))
     edges = np.linspace(0.0, 1.0, INITIAL_PIECES + 1)
     bounds = [(float(a), float(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
     pieces: list[Piece] = []
@@ -157,14 +189,13 @@ def integrate_adaptive(
         evaluations += KRONROD_POINTS * len(bounds)
         rounds += 1
         chunk_steps, chunks = path.chunk_steps, chunks + path.chunks
-        estimate_rel, completeness = relative_errors(pieces, delta)
-        if estimate_rel <= tolerance and completeness <= tolerance:
+        estimates, gaps = relative_errors(pieces, deltas)
+        if _within(estimates, gaps, tolerance):
             break
         affordable = (budget - evaluations) // (2 * KRONROD_POINTS)
         if affordable < 1:
             break
-        norm = float(np.linalg.norm(np.sum([p.kronrod for p in pieces], axis=0)))
-        chosen = choose_splits(pieces, tolerance * norm, affordable)
+        chosen = choose_splits(pieces, tolerance, affordable, attribution_norms(pieces, len(deltas)))
         bounds = []
         for index in sorted(chosen, reverse=True):
             parent = pieces.pop(index)
@@ -174,16 +205,22 @@ def integrate_adaptive(
     return AdaptiveResult(
         alphas=np.concatenate([p.alphas for p in pieces]),
         weights=np.concatenate([p.weights for p in pieces]),
-        gradients=torch.cat([p.gradients for p in pieces]),
-        integrand=np.concatenate([p.values.sum(axis=1) for p in pieces]),
+        gradients=torch.cat([p.gradients for p in pieces], dim=1),
+        integrand=np.concatenate(
+            [p.values.reshape(len(p.values), len(deltas), -1).sum(axis=2).T for p in pieces], axis=1
+        ),
         evaluations=evaluations,
-        error_estimate=estimate_rel,
-        completeness=completeness,
-        converged=bool(estimate_rel <= tolerance and completeness <= tolerance),
+        error_estimates=estimates,
+        completenesses=gaps,
+        converged=_within(estimates, gaps, tolerance),
         rounds=rounds,
         chunk_steps=chunk_steps,
         chunks=chunks,
     )
+
+
+def _within(estimates: np.ndarray, gaps: np.ndarray, tolerance: float) -> bool:
+    return bool(np.all(estimates <= tolerance) and np.all(gaps <= tolerance))
 
 
 def _evaluate(run_nodes: RunNodes, bounds: list[tuple[float, float]]) -> tuple[list[Piece], PathResult]:
@@ -194,7 +231,8 @@ def _evaluate(run_nodes: RunNodes, bounds: list[tuple[float, float]]) -> tuple[l
     pieces = []
     for k, ((lo, hi), (alphas, kronrod_w, gauss_w)) in enumerate(zip(bounds, rules, strict=True)):
         rows = slice(k * KRONROD_POINTS, (k + 1) * KRONROD_POINTS)
-        values = path.token_integrand[rows]
+        # (K, 2n+1, T) -> (2n+1, K*T): every function's tokens side by side, one column each
+        values = np.ascontiguousarray(path.token_integrand[:, rows].transpose(1, 0, 2)).reshape(KRONROD_POINTS, -1)
         kronrod, error = estimate(values, kronrod_w, gauss_w)
-        pieces.append(Piece(lo, hi, alphas, kronrod_w, values, path.gradients[rows], kronrod, error))
+        pieces.append(Piece(lo, hi, alphas, kronrod_w, values, path.gradients[:, rows], kronrod, error))
     return pieces, path

@@ -1,9 +1,12 @@
 """Baselines as the original server's table defines them.
 
 ``zero``, ``rand-norm`` and ``rand-unif`` are tensors in the attributed
-layer's output space (what leaves the embeddings). ``pad``, ``unk`` and
-``period`` are token ids fed into the embedding layer in place of every input
-id, keeping the input's positions and token types. Random baselines come from
+layer's output space (what leaves the embeddings). ``pad``, ``unk``,
+``period`` and ``mask`` (the tokenizer's mask token, for models trained with
+one: the "nothing is known here" input of masked-language pretraining) are
+token ids fed into the embedding layer in place of every input id, special
+tokens included as the seed did, keeping the input's positions and token
+types. A model without the token asked for gets a 400 naming ``baseline``. Random baselines come from
 a CPU generator seeded by the request, so the same seed gives the same
 baseline on any device.
 """
@@ -14,7 +17,7 @@ import torch
 
 from ..models.base import ClassifierAdapter, EncodedText
 
-TOKEN_BASELINES = ("pad", "unk", "period")
+TOKEN_BASELINES = ("pad", "unk", "period", "mask")
 
 
 def make_baseline(

@@ -5,6 +5,12 @@ same gradients come all four outputs: the per-step gradients (kept on the
 CPU as they are made), the weighted sum that gives the integrated gradients,
 and the integrand per step (for the "was n_steps enough" plot). The original
 server ran the whole path twice to get the same things.
+
+What is differentiated is given as a readout matrix R (see
+:mod:`.objective`): one row per explained function F_k = R[k] . logits. A
+chunk goes forward once and back once per row, on the same graph; every
+result below carries that row axis first (K = 1 for one target or a
+contrast, K = classes for ``target: "all"``).
 """
 
 from __future__ import annotations
@@ -39,12 +45,12 @@ class PathProgress:
 
 @dataclass
 class PathResult:
-    """Everything the pass produced, on the CPU, float32."""
+    """Everything the pass produced, on the CPU, float32; K = readout rows."""
 
-    weighted_gradients: torch.Tensor  # (1, T, H): sum_k w_k g_k
-    gradients: torch.Tensor | None  # (n, T, H) if kept
-    integrand: np.ndarray  # (n,): sum over tokens and hidden of g_k * (x - x')
-    token_integrand: np.ndarray  # (n, T): sum over hidden of g_k * (x - x'), float64
+    weighted_gradients: torch.Tensor  # (K, 1, T, H): sum_k w_k g_k
+    gradients: torch.Tensor | None  # (K, n, T, H) if kept
+    integrand: np.ndarray  # (K, n): sum over tokens and hidden of g_k * (x - x')
+    token_integrand: np.ndarray  # (K, n, T): sum over hidden of g_k * (x - x'), float64
     chunk_steps: int
     chunks: int
 
@@ -69,17 +75,23 @@ def target_gradients(
     adapter: ClassifierAdapter,
     encoded: EncodedText,
     points: torch.Tensor,
-    target: int,
+    readout: torch.Tensor,
     precision: Callable[[], ContextManager],
 ) -> torch.Tensor:
-    """d logit[target] / d points, for a batch of points (each independent)."""
+    """d F_k / d points for each readout row k, a batch of independent points:
+    ``(K, B, T, H)`` from one forward and K backwards on the same graph
+    (kept with ``retain_graph`` until the last)."""
     points = points.detach().requires_grad_(True)
+    rows = readout.shape[0]
+    grads = []
     with torch.enable_grad():
         with precision():
             logits = adapter.logits_from_layer(points, encoded)
-        selected = logits[:, target].float().sum()
-        (grads,) = torch.autograd.grad(selected, points)
-    return grads
+        objectives = logits.float() @ readout.T  # (B, K); exact for one-hot rows
+        for row in range(rows):
+            (grad,) = torch.autograd.grad(objectives[:, row].sum(), points, retain_graph=row < rows - 1)
+            grads.append(grad)
+    return torch.stack(grads)
 
 
 def integrate_path(
@@ -89,7 +101,7 @@ def integrate_path(
     baseline: torch.Tensor,
     alphas: np.ndarray,
     weights: np.ndarray,
-    target: int,
+    readout: torch.Tensor,
     *,
     planner: ChunkPlanner,
     dtype: str,
@@ -97,9 +109,13 @@ def integrate_path(
     before_chunk: BeforeChunk | None = None,
     progress: PathProgress | None = None,
 ) -> PathResult:
-    """Run the path in memory-bounded chunks; halve a chunk that runs out of memory."""
+    """Run the path in memory-bounded chunks; halve a chunk that runs out of memory.
+
+    ``readout`` is R, ``(K, classes)`` on the model's device (see :mod:`.objective`).
+    """
     device = layer_input.device
     n_steps = len(alphas)
+    rows = readout.shape[0]
     tokens, width = layer_input.shape[1], layer_input.shape[2]
     diff = layer_input - baseline
     alpha_dev = torch.as_tensor(alphas, dtype=torch.float32, device=device)
@@ -107,13 +123,13 @@ def integrate_path(
     precision = precision_context(dtype, device)
     hints = adapter.size_hints()
 
-    weighted = torch.zeros((1, tokens, width), dtype=torch.float32, device=device)
-    integrand = torch.empty(n_steps, dtype=torch.float64, device=device)
-    token_integrand = torch.empty((n_steps, tokens), dtype=torch.float64, device=device)
+    weighted = torch.zeros((rows, 1, tokens, width), dtype=torch.float32, device=device)
+    integrand = torch.empty((rows, n_steps), dtype=torch.float64, device=device)
+    token_integrand = torch.empty((rows, n_steps, tokens), dtype=torch.float64, device=device)
     gradients = None
     if keep_gradients:
         pin = device.type == "cuda"
-        gradients = torch.empty((n_steps, tokens, width), dtype=torch.float32, pin_memory=pin)
+        gradients = torch.empty((rows, n_steps, tokens, width), dtype=torch.float32, pin_memory=pin)
 
     chunk = planner.chunk_steps(hints, tokens, n_steps, dtype)
     start, chunks = 0, 0
@@ -123,7 +139,7 @@ def integrate_path(
             if before_chunk is not None:
                 before_chunk(stop - start)
             points = baseline + alpha_dev[start:stop, None, None] * diff
-            grads = target_gradients(adapter, encoded, points, target, precision)
+            grads = target_gradients(adapter, encoded, points, readout, precision)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -135,11 +151,13 @@ def integrate_path(
             planner.learn_oom(chunk, tokens, hints, dtype)
             chunk = max(1, chunk // 2)
             continue
-        weighted += (grads * weight_dev[start:stop, None, None]).sum(0, keepdim=True)
-        integrand[start:stop] = (grads * diff).sum(dim=(1, 2), dtype=torch.float64)
-        token_integrand[start:stop] = (grads * diff).sum(dim=2, dtype=torch.float64)
-        if gradients is not None:
-            gradients[start:stop].copy_(grads, non_blocking=True)
+        for row in range(rows):  # per row, exactly the arithmetic of a single target
+            row_grads = grads[row]
+            weighted[row] += (row_grads * weight_dev[start:stop, None, None]).sum(0, keepdim=True)
+            integrand[row, start:stop] = (row_grads * diff).sum(dim=(1, 2), dtype=torch.float64)
+            token_integrand[row, start:stop] = (row_grads * diff).sum(dim=2, dtype=torch.float64)
+            if gradients is not None:
+                gradients[row, start:stop].copy_(row_grads, non_blocking=True)
         del grads, points
         if progress is not None:
             progress.done += stop - start

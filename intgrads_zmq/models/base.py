@@ -109,12 +109,14 @@ class ClassifierAdapter(ABC):
         return None
 
     def special_token_id(self, which: str) -> int:
-        """Token id of a token-id baseline (``pad``, ``unk`` or ``period``)."""
+        """Token id of a token-id baseline (``pad``, ``unk``, ``period`` or ``mask``)."""
         tok = self.tokenizer
         if which == "pad":
             token_id = tok.pad_token_id
         elif which == "unk":
             token_id = tok.unk_token_id
+        elif which == "mask":  # BERT's [MASK], XLNet's <mask>; GPT-style tokenizers have none
+            token_id = getattr(tok, "mask_token_id", None)
         elif which == "period":
             ids = tok(".", add_special_tokens=False)["input_ids"]
             token_id = ids[-1] if ids else None

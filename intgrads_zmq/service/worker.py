@@ -47,9 +47,17 @@ from typing import Any
 
 import zmq
 
-from ..errors import Cancelled, ComputeFailed, IntgradsError
+from ..errors import BadRequest, Cancelled, ComputeFailed, IntgradsError
 from ..models.spec import ModelSpec
-from ..options import BASELINES, METHODS, TENSOR_FIELDS, AttributionOptions, Limits
+from ..options import (
+    AGGREGATES,
+    BASELINES,
+    METHODS,
+    METRICS,
+    TENSOR_FIELDS,
+    AttributionOptions,
+    Limits,
+)
 from . import protocol as p
 from .devices import Placement
 from .processes import EXIT_LOAD_FAILED, die_with_parent
@@ -277,11 +285,16 @@ class Computer:
         """The answer frames for ``job``; ``send`` (optional) carries PROGRESS."""
         from ..engine import attribute
         from ..engine.path import PathProgress
-        from ..options import resolve_options
+        from ..options import check_sequence, resolve_options
 
         progress = PathProgress()
         try:
+            # Every limit is the worker's own to enforce (a peer on the broker's
+            # frontend port may send anything the protocol admits): the text's
+            # length before any tokenising, then the options.
+            check_sequence(job.body.sequence, self.limits)
             options = resolve_options(job.body.options, self.defaults, self.limits)
+            self._check_classes(options)
             if self.faults is not None:
                 self.faults.before_request(job.body.sequence, job.cancelled)
             result = attribute(
@@ -300,6 +313,17 @@ class Computer:
                 p.WORKER, job.request_id, ComputeFailed(f"the model raised {type(exc).__name__}: {exc}")
             )
 
+
+    def _check_classes(self, options: AttributionOptions) -> None:
+        """``target: "all"`` pays a backward per class and multiplies the per-class
+        tensors by the class count: refused past ``max_target_classes``."""
+        classes = len(self.adapter.labels)
+        if options.every_class and classes > self.limits.max_target_classes:
+            raise BadRequest(
+                f"'target' \"all\" would explain {classes} classes; this server explains at most "
+                f"{self.limits.max_target_classes} at once: ask for one target",
+                field="target",
+            )
 
     def _chunk_hook(self, job: Job, progress: Any, send: Callable[[list[Any]], None] | None
                     ) -> Callable[[int], None]:
@@ -384,7 +408,8 @@ def describe_worker(config: WorkerConfig, adapter: Any, load_seconds: float) -> 
         host=pysocket.gethostname(),
         pid=os.getpid(),
         load_seconds=round(load_seconds, 2),
-        capabilities={"methods": list(METHODS), "baselines": list(BASELINES), "fields": list(TENSOR_FIELDS)},
+        capabilities={"methods": list(METHODS), "baselines": list(BASELINES), "fields": list(TENSOR_FIELDS),
+                      "aggregates": list(AGGREGATES), "metrics": list(METRICS)},
     )
 
 

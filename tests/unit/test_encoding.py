@@ -156,7 +156,8 @@ def expected_torch_dict(payload: AttributionPayload) -> dict[str, Any]:
         raw = payload.tensors[name]
         result[name] = torch.frombuffer(bytearray(raw.data), dtype=torch.float32).reshape(raw.shape)
     for key in formats_module.TORCH_META_KEYS:
-        result[key] = payload.meta[key]
+        if key in payload.meta:  # optional keys (contrast, words, metrics) only when present
+            result[key] = payload.meta[key]
     return result
 
 
