@@ -180,3 +180,23 @@ def test_the_worker_answers_400_for_a_mask_baseline_without_a_mask_token(tiny_be
     error = answer(computer, TEXT, {"n_steps": 2, "baseline": "mask"})
     assert isinstance(error, BadRequest) and error.field == "baseline" and error.status == 400
     assert "no mask token" in error.description
+
+
+def test_the_real_modules_with_all_words_and_metrics(tiny_bert):
+    """The words and faithfulness modules themselves behind the plumbing: each
+    class's word scores sum back to its token scores; one metrics result per class."""
+    options = AttributionOptions(n_steps=4, target="all", aggregate="words",
+                                 metrics=("comprehensiveness", "sufficiency", "log_odds"))  # fmt: skip
+    meta = attribute(tiny_bert, TEXT, options).meta
+    words, spans = meta["words"], meta["word_spans"]
+    assert len(words) == len(spans) and spans[0] is None and spans[-1] is None  # [CLS], [SEP]
+    for row in range(2):
+        assert len(meta["word_attributions"][row]) == len(words)
+        assert sum(meta["word_attributions"][row]) == pytest.approx(sum(meta["attributions"][row]), rel=1e-9,
+                                                                    abs=1e-12)  # fmt: skip
+    for span, word in zip(spans, words, strict=True):
+        if span is not None:
+            assert TEXT[span[0]:span[1]] == word
+    assert [m["target"] for m in meta["metrics"]] == [0, 1]
+    assert all({"comprehensiveness", "sufficiency", "log_odds"} <= set(m) for m in meta["metrics"])
+    assert meta["timings"]["metrics_seconds"] == pytest.approx(sum(m["seconds"] for m in meta["metrics"]))
