@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from intgrads_zmq.options import Limits
-from intgrads_zmq.service.endpoints import BROKER_ENV, DEFAULT_CLIENT_ENDPOINT
+from intgrads_zmq.service.endpoints import BROKER_ENV, default_client_endpoint, prepare_private
+from intgrads_zmq.service.security import (
+    CLIENT_KEY_ENV,
+    REQUIRE_CURVE_ENV,
+    SERVER_KEY_ENV,
+    CurveClient,
+    client_curve_from_env,
+    curve_needed,
+    env_flag,
+)
 
 
 def _env_float(name: str, default: float) -> float:
@@ -23,7 +32,7 @@ def _env_int(name: str, default: int) -> int:
 class FrontendSettings:
     """Where the broker is, how long a request may take, how big a body may be."""
 
-    broker: str = DEFAULT_CLIENT_ENDPOINT
+    broker: str = field(default_factory=default_client_endpoint)
     timeout: float = 600.0  # seconds: the deadline given to each request
     max_body_bytes: int = 1 << 20
     body_timeout: float = 30.0  # seconds for a whole request body to arrive (else 408)
@@ -32,11 +41,38 @@ class FrontendSettings:
     # Used as given for max_sequences / max_sequence_chars; for max_steps and
     # max_length only when the broker cannot say what its workers enforce.
     limits: Limits = Limits()
+    # The frontend's CURVE key pair, for a broker whose frontend port uses CURVE
+    # (INTGRADS_SERVER_KEY / INTGRADS_CLIENT_KEY); require_curve: refuse plain TCP.
+    curve: CurveClient | None = None
+    require_curve: bool = False
 
     @classmethod
     def from_env(cls) -> FrontendSettings:
+        """The settings the environment gives, checked (ValueError when they cannot work)."""
+        settings = cls._read_env()
+        settings.check_broker_link()
+        return settings
+
+    def check_broker_link(self) -> None:
+        """Refuse, at start, a link to the broker that cannot work or is not
+        safe: a TCP endpoint beyond loopback (or any TCP endpoint with
+        INTGRADS_REQUIRE_CURVE=1) without a key pair, unreadable key files, a
+        private socket directory that is not private."""
+        if self.curve is not None:
+            self.curve.check()
+        elif curve_needed(self.broker, everywhere=self.require_curve):
+            why = "leaves this host" if not self.require_curve else f"is TCP and {REQUIRE_CURVE_ENV} is set"
+            raise ValueError(f"the broker endpoint {self.broker} {why}: the broker only accepts frontends with "
+                             f"a CURVE key there; set {SERVER_KEY_ENV} (the broker's public key file) and "
+                             f"{CLIENT_KEY_ENV} (a frontendN.key_secret from 'intgrads-broker keys')")
+        prepare_private(self.broker)
+
+    @classmethod
+    def _read_env(cls) -> FrontendSettings:
         return cls(
-            broker=os.environ.get(BROKER_ENV, DEFAULT_CLIENT_ENDPOINT),
+            broker=os.environ.get(BROKER_ENV) or default_client_endpoint(),
+            curve=client_curve_from_env(),
+            require_curve=env_flag(os.environ, REQUIRE_CURVE_ENV),
             timeout=_env_float("INTGRADS_TIMEOUT", 600.0),
             max_body_bytes=_env_int("INTGRADS_MAX_BODY", 1 << 20),
             body_timeout=_env_float("INTGRADS_BODY_TIMEOUT", 30.0),

@@ -21,7 +21,7 @@ import click
 from .models.spec import DEMO_NAME, ModelSpec
 from .options import BASELINES, METHODS
 from .service.devices import PlanError
-from .service.endpoints import DEFAULT_CLIENT_ENDPOINT, DEFAULT_WORKER_ENDPOINT
+from .service.endpoints import BROKER_ENV, default_client_endpoint, default_worker_endpoint
 from .service.settings import ServeSettings
 from .sizes import parse_bytes
 
@@ -136,11 +136,39 @@ def main(log_level: str) -> None:
     logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(message)s")
 
 
+PRIVATE_FRONTEND = "ipc://<private dir>/frontend"
+PRIVATE_BACKEND = "ipc://<private dir>/backend"
+PRIVATE_HELP = ("<private dir>: $XDG_RUNTIME_DIR/intgrads, or /tmp/intgrads-<uid>; mode 0700, made on first use "
+                "and refused when other users may enter it.")
+
+
+def client_key_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--server-key / --client-key for commands that talk to the broker's frontend port."""
+    return _apply(func, [
+        click.option("--server-key", type=click.Path(exists=True, dir_okay=False), envvar="INTGRADS_SERVER_KEY",
+                     default=None, help="The broker's public key (broker.key) when its frontend port uses "
+                                        "CURVE. Env: INTGRADS_SERVER_KEY."),
+        click.option("--client-key", type=click.Path(exists=True, dir_okay=False), envvar="INTGRADS_CLIENT_KEY",
+                     default=None, help="A frontend secret key (frontendN.key_secret; on the broker's host "
+                                        "broker.key_secret works too). Env: INTGRADS_CLIENT_KEY."),
+    ])
+
+
+def client_curve(server_key: str | None, client_key: str | None) -> Any:
+    """The CurveClient those two options describe, or None."""
+    from .service.security import CurveClient
+
+    if bool(server_key) != bool(client_key):
+        raise click.UsageError("--server-key and --client-key go together")
+    return CurveClient(Path(client_key), Path(server_key)) if server_key and client_key else None
+
+
 @main.command()
 @model_options
-@click.option("--frontend", default=DEFAULT_CLIENT_ENDPOINT, show_default=True,
-              help="Where HTTP frontends (gunicorn) connect.")
-@click.option("--backend", default=DEFAULT_WORKER_ENDPOINT, show_default=True,
+@click.option("--frontend", default=default_client_endpoint, show_default=PRIVATE_FRONTEND,
+              help="Where HTTP frontends (gunicorn) connect; gunicorn finds the default by itself. "
+                   "A non-loopback address needs --keys (frontends then present a frontend key). " + PRIVATE_HELP)
+@click.option("--backend", default=default_worker_endpoint, show_default=PRIVATE_BACKEND,
               help="Where workers connect. A non-loopback address needs --keys.")
 @click.option("--queue-bound", type=click.IntRange(min=1), default=32, show_default=True,
               help="Requests waiting per model before new ones are answered 'overloaded' (HTTP 503).")
@@ -155,8 +183,12 @@ def main(log_level: str) -> None:
               help="Seconds a finished job's result is kept (POST /jobs/); later reads get 410 Gone.")
 @click.option("--job-store-bytes", default="1GiB", show_default=True,
               help="Bound on all kept job results, e.g. 512MiB; past it the oldest are evicted (410 Gone).")
+@click.option("--curve-on-loopback", is_flag=True, envvar="INTGRADS_REQUIRE_CURVE",
+              help="Frontends and workers on loopback TCP must present an authorised CURVE key too "
+                   "(needs --keys). Env: INTGRADS_REQUIRE_CURVE=1.")
 def start(frontend: str, backend: str, queue_bound: int, timeout: float, heartbeat: float,
-          keys: str | None, job_ttl: float, job_store_bytes: str, **settings: Any) -> None:
+          keys: str | None, job_ttl: float, job_store_bytes: str, curve_on_loopback: bool,
+          **settings: Any) -> None:
     """Run the broker and supervise local model workers."""
     from .service.assembly import run_broker
 
@@ -169,14 +201,16 @@ def start(frontend: str, backend: str, queue_bound: int, timeout: float, heartbe
     try:
         code = run_broker(spec, serving, frontend=frontend, backend=backend, queue_bound=queue_bound,
                           timeout=timeout, heartbeat=heartbeat, keys=keys, job_ttl=job_ttl,
-                          job_store_bytes=store_bytes)
+                          job_store_bytes=store_bytes, curve_on_loopback=curve_on_loopback)
     except (PlanError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(code)
 
 
 @main.command()
-@click.option("--connect", required=True, help="The broker's backend endpoint, e.g. tcp://gpu-box:5556.")
+@click.option("--connect", default=default_worker_endpoint, show_default=PRIVATE_BACKEND,
+              help="The broker's backend endpoint, e.g. tcp://gpu-box:5556; the default is the one "
+                   "'intgrads-broker start' binds on this host for this user.")
 @model_options
 @click.option("--server-key", type=click.Path(exists=True, dir_okay=False), default=None,
               help="The broker's public key file (broker.key) when the broker uses CURVE.")
@@ -188,13 +222,10 @@ def worker(connect: str, server_key: str | None, client_key: str | None, heartbe
            **settings: Any) -> None:
     """Join a broker (on this or another host) with supervised workers."""
     from .service.assembly import plan_workers, run_workers
-    from .service.security import CurveClient
 
-    if bool(server_key) != bool(client_key):
-        raise click.UsageError("--server-key and --client-key go together")
+    curve = client_curve(server_key, client_key)
     spec = model_spec(*(settings.pop(k) for k in MODEL_KEYS))
     serving = serve_settings(settings)
-    curve = CurveClient(Path(client_key), Path(server_key)) if server_key and client_key else None
     try:
         configs = plan_workers(connect, spec, serving, curve)
     except PlanError as exc:
@@ -204,17 +235,23 @@ def worker(connect: str, server_key: str | None, client_key: str | None, heartbe
     sys.exit(run_workers(configs))
 
 
+FRONTEND_OPTION_HELP = f"The broker's frontend endpoint (env: {BROKER_ENV})."
+
+
 @main.command()
-@click.option("--frontend", default=DEFAULT_CLIENT_ENDPOINT, show_default=True, help="The broker's frontend endpoint.")
+@click.option("--frontend", default=default_client_endpoint, envvar=BROKER_ENV, show_default=PRIVATE_FRONTEND,
+              help=FRONTEND_OPTION_HELP)
+@client_key_options
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
 @click.option("--timeout", type=float, default=3.0, show_default=True)
-def status(frontend: str, as_json: bool, timeout: float) -> None:
+def status(frontend: str, server_key: str | None, client_key: str | None, as_json: bool, timeout: float) -> None:
     """Show the models, workers and queues of a running broker."""
     from .errors import IntgradsError
     from .service.broker_client import BrokerClient
 
+    curve = client_curve(server_key, client_key)
     try:
-        with BrokerClient(frontend) as client:
+        with BrokerClient(frontend, curve=curve) as client:
             data = client.status(timeout=timeout)
     except IntgradsError as exc:
         raise click.ClickException(exc.description) from exc
@@ -237,9 +274,12 @@ def status(frontend: str, as_json: bool, timeout: float) -> None:
 @main.command()
 @click.argument("model", required=False)
 @click.option("--worker", "worker_id", help="Drain one worker: its identity as `intgrads-broker status` shows it.")
-@click.option("--frontend", default=DEFAULT_CLIENT_ENDPOINT, show_default=True, help="The broker's frontend endpoint.")
+@click.option("--frontend", default=default_client_endpoint, envvar=BROKER_ENV, show_default=PRIVATE_FRONTEND,
+              help=FRONTEND_OPTION_HELP)
+@client_key_options
 @click.option("--timeout", type=float, default=3.0, show_default=True)
-def drain(model: str | None, worker_id: str | None, frontend: str, timeout: float) -> None:
+def drain(model: str | None, worker_id: str | None, frontend: str, server_key: str | None,
+          client_key: str | None, timeout: float) -> None:
     """Drain every worker of MODEL, or one (--worker ID): each finishes its
     current request, takes no new one and exits; queued requests go to the
     other workers. Supervisors do not restart drained workers."""
@@ -248,8 +288,9 @@ def drain(model: str | None, worker_id: str | None, frontend: str, timeout: floa
 
     if (model is None) == (worker_id is None):
         raise click.UsageError("name a MODEL or give --worker ID (not both)")
+    curve = client_curve(server_key, client_key)
     try:
-        with BrokerClient(frontend) as client:
+        with BrokerClient(frontend, curve=curve) as client:
             answer = client.drain(model=model, worker=worker_id, timeout=timeout)
     except IntgradsError as exc:
         raise click.ClickException(f"{exc.description} ({exc.status} {exc.code})") from exc
@@ -261,16 +302,19 @@ def drain(model: str | None, worker_id: str | None, frontend: str, timeout: floa
 @main.command()
 @click.option("--dir", "folder", required=True, type=click.Path(file_okay=False),
               help="Folder for the keys; the broker's and authorised workers' public keys go here.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True,
               help="Worker key pairs to make (each remote host gets one secret key).")
-def keys(folder: str, workers: int) -> None:
-    """Make CURVE key pairs for the broker and for remote workers."""
+@click.option("--frontends", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Frontend key pairs to make, for gunicorn reaching the broker over CURVE.")
+def keys(folder: str, workers: int, frontends: int) -> None:
+    """Make CURVE key pairs for the broker, remote workers and frontends."""
     from .service.security import make_keys
 
-    for path in make_keys(folder, workers):
+    for path in make_keys(folder, workers, frontends):
         click.echo(str(path))
     click.echo(f"start the broker with --keys {folder}; give each worker broker.key and its "
-               "workerN.key_secret (--server-key / --client-key)")
+               "workerN.key_secret (--server-key / --client-key), and each frontend broker.key and its "
+               "frontendN.key_secret (INTGRADS_SERVER_KEY / INTGRADS_CLIENT_KEY)")
 
 
 @click.command(context_settings={"help_option_names": ["--help"]})

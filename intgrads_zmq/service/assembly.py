@@ -20,9 +20,15 @@ from typing import Any
 
 from ..models.spec import ModelSpec
 from .broker import CLOSE_LINGER_MS, Broker, BrokerSettings
-from .endpoints import BROKER_ENV
+from .endpoints import BROKER_ENV, default_client_endpoint, ensure_private_dir
 from .processes import WorkerExit, die_with_parent, stop_processes
-from .security import CurveClient, CurveServer, ensure_local_worker_key
+from .security import (
+    CLIENT_KEY_ENV,
+    SERVER_KEY_ENV,
+    CurveClient,
+    CurveServer,
+    ensure_local_worker_key,
+)
 from .settings import ServeSettings
 from .supervisor import Supervisor
 from .worker import WorkerConfig
@@ -80,8 +86,14 @@ def plan_workers(connect: str, spec: ModelSpec, settings: ServeSettings,
 def build_broker(spec: ModelSpec, settings: ServeSettings, *, frontend: str, backend: str,
                  queue_bound: int = 32, timeout: float = 600.0, heartbeat: float = 1.0,
                  keys: str | None = None, job_ttl: float = BrokerSettings.job_ttl,
-                 job_store_bytes: int = BrokerSettings.job_store_bytes) -> tuple[Broker, Supervisor]:
-    curve = CurveServer.from_dir(keys) if keys else None
+                 job_store_bytes: int = BrokerSettings.job_store_bytes,
+                 curve_on_loopback: bool = False) -> tuple[Broker, Supervisor]:
+    """The broker (bound) and the supervisor of its local workers.
+    ``curve_on_loopback``: frontends and workers on loopback TCP must
+    authenticate too (needs ``keys``)."""
+    if curve_on_loopback and not keys:
+        raise ValueError("CURVE on loopback needs keys: give --keys DIR (intgrads-broker keys makes them)")
+    curve = CurveServer.from_dir(keys, everywhere=curve_on_loopback) if keys else None
     # Only a broker that starts local workers needs a key for them: a broker-only
     # start (--workers 0) must run from a read-only keys folder (a mounted Secret).
     worker_curve = ensure_local_worker_key(keys) if keys and settings.workers != 0 else None
@@ -106,11 +118,7 @@ def run_broker(spec: ModelSpec, settings: ServeSettings, **kwargs: Any) -> int:
     broker, supervisor = build_broker(spec, settings, **kwargs)
     _on_signals(broker.request_stop)
     supervisor.start()
-    print(
-        f"broker ready on {broker.settings.frontend}; point gunicorn at it:\n"
-        f"  {BROKER_ENV}={broker.settings.frontend} gunicorn -c frontend/gunicorn.conf.py frontend:app",
-        flush=True,
-    )
+    print(gunicorn_hint(broker), flush=True)
     try:
         broker.run(on_tick=supervisor.poll)
     finally:
@@ -118,6 +126,17 @@ def run_broker(spec: ModelSpec, settings: ServeSettings, **kwargs: Any) -> int:
         _flush(broker)
     log.info("stopped")
     return 0
+
+
+def gunicorn_hint(broker: Broker) -> str:
+    """How to start the HTTP frontend against ``broker`` (printed at start)."""
+    settings = broker.settings
+    env = "" if settings.frontend == default_client_endpoint() else f"{BROKER_ENV}={settings.frontend} "
+    curve = settings.curve
+    if curve is not None and curve.protects(settings.frontend, "frontend"):
+        env += (f"{SERVER_KEY_ENV}={curve.secret_file.with_suffix('.key')} "
+                f"{CLIENT_KEY_ENV}=<a frontendN.key_secret authorised in {curve.frontends_dir}> ")
+    return f"broker ready on {settings.frontend}; start the HTTP frontend with:\n  {env}gunicorn frontend"
 
 
 def _flush(broker: Broker) -> None:
@@ -168,7 +187,8 @@ def start_gunicorn(broker_endpoint: str, host: str, port: int, workers: int = 1)
 def run_all_in_one(spec: ModelSpec, settings: ServeSettings, *, host: str, port: int,
                    http_workers: int = 1) -> int:
     """``intgrads`` / ``make serve``: broker, workers and gunicorn in one go."""
-    sockets = Path(tempfile.mkdtemp(prefix="intgrads-"))
+    # A folder of its own inside the private directory: several of these can run at once.
+    sockets = Path(tempfile.mkdtemp(prefix="serve-", dir=ensure_private_dir()))
     frontend_ep, backend_ep = f"ipc://{sockets}/frontend", f"ipc://{sockets}/backend"
     broker, supervisor = build_broker(spec, settings, frontend=frontend_ep, backend=backend_ep)
     _on_signals(broker.request_stop)

@@ -62,12 +62,12 @@ from ..errors import (
     WorkerDied,
 )
 from . import protocol as p
-from .endpoints import DEFAULT_CLIENT_ENDPOINT, DEFAULT_WORKER_ENDPOINT, is_local_endpoint
+from .endpoints import DEFAULT_CLIENT_ENDPOINT, DEFAULT_WORKER_ENDPOINT, ipc_in_use, prepare_private
 from .job_store import JobStore
 from .model_service import ModelService, Pending
 from .peers import PeerLog, SocketWatch
 from .processes import WorkerExit
-from .security import CurveServer
+from .security import FRONTENDS_DOMAIN, WORKERS_DOMAIN, CurveServer, curve_needed
 
 log = logging.getLogger("intgrads.broker")
 
@@ -173,26 +173,47 @@ class Broker:
 
     # -- lifecycle --------------------------------------------------------
     def bind(self) -> None:
-        """Open both ROUTER sockets (CURVE on the backend when configured)."""
+        """Open both ROUTER sockets.
+
+        An endpoint other hosts can reach needs CURVE keys (``--keys``): peers
+        of the backend are then checked against the workers' keys, peers of the
+        frontend against the frontends' keys. With keys the backend is always a
+        CURVE server; the frontend is one beyond loopback, and on loopback TCP
+        too when the keys say ``everywhere`` (``--curve-on-loopback``). The
+        private ipc:// directory is made (or checked) first, and an ipc
+        endpoint another broker listens on is refused: libzmq would replace its
+        file and quietly take the other broker's clients.
+        """
         s = self.settings
-        if not is_local_endpoint(s.backend) and s.curve is None and not s.allow_insecure_backend:
-            raise ValueError(
-                f"backend {s.backend} is reachable from other hosts: start with --keys DIR so "
-                "workers must authenticate (intgrads-broker keys makes them)"
-            )
-        if not is_local_endpoint(s.frontend) and not s.allow_insecure_backend:
-            raise ValueError(f"frontend {s.frontend} must be a loopback or ipc endpoint")
-        self.frontend = self._router(s.frontend, s.max_client_message)
-        backend = self.context.socket(zmq.ROUTER)
-        if s.curve is not None:
-            self._authenticator = s.curve.apply(backend, self.context)
-        self.backend = self._configure(backend, s.backend, s.max_worker_message)
+        curve = s.curve
+        if curve is None and not s.allow_insecure_backend:
+            for role, endpoint, peers in (("backend", s.backend, "workers"), ("frontend", s.frontend, "frontends")):
+                if curve_needed(endpoint):
+                    raise ValueError(
+                        f"{role} {endpoint} is reachable from other hosts: start with --keys DIR so "
+                        f"{peers} must authenticate (intgrads-broker keys makes them)"
+                    )
+        for endpoint in (s.frontend, s.backend):
+            prepare_private(endpoint)
+            if ipc_in_use(endpoint):
+                raise ValueError(f"{endpoint} is in use: another broker listens there (stop it first, or "
+                                 "give this one other --frontend / --backend endpoints)")
+        if curve is not None:
+            self._authenticator = curve.start(self.context)
+        front_curve = curve is not None and curve.protects(s.frontend, "frontend")
+        self.frontend = self._router(s.frontend, s.max_client_message, FRONTENDS_DOMAIN if front_curve else None)
+        self.backend = self._router(s.backend, s.max_worker_message, WORKERS_DOMAIN if curve is not None else None)
         self._watches = [SocketWatch(self.frontend, "client", self._peer_log, self._count),
                          SocketWatch(self.backend, "worker", self._peer_log, self._count)]
-        log.info("broker listening: frontends on %s, workers on %s", s.frontend, s.backend)
+        log.info("broker listening: frontends on %s%s, workers on %s%s", s.frontend,
+                 " (CURVE)" if front_curve else "", s.backend, " (CURVE)" if curve is not None else "")
 
-    def _router(self, endpoint: str, max_message: int) -> zmq.Socket:
-        return self._configure(self.context.socket(zmq.ROUTER), endpoint, max_message)
+    def _router(self, endpoint: str, max_message: int, curve_domain: str | None = None) -> zmq.Socket:
+        """A bound ROUTER; a CURVE server checking peers against ``curve_domain``'s keys when given."""
+        sock = self.context.socket(zmq.ROUTER)
+        if curve_domain is not None:
+            self.settings.curve.serve(sock, curve_domain)
+        return self._configure(sock, endpoint, max_message)
 
     @staticmethod
     def _configure(sock: zmq.Socket, endpoint: str, max_message: int) -> zmq.Socket:
@@ -585,15 +606,24 @@ class Broker:
             self.mark_draining(record)  # the worker drains itself (SIGTERM)
 
     def _register(self, identity: bytes, message: p.Message) -> None:
+        """READY: add the worker to its model. A model's description (labels,
+        limits, defaults, dtype, the adapter's summary) is fixed while it has
+        workers: a worker describing it differently is refused, logged and told
+        to stop (DRAIN: it exits 0 and its supervisor does not restart it), and
+        the model, its workers and /models stay as they were."""
         info = self._decode(lambda: p.WorkerInfo.from_json(message.body[0]), "refused worker %r: %s", identity[:40])
         if info is None:
             return
         if identity in self.workers:
             self.worker_gone(identity, died=False, reason="re-registered")
+        service = self.models.setdefault(info.model, ModelService(info.model))
+        differ = service.add_worker(identity, info)
+        if differ:
+            self._refuse_worker(identity, service, info, differ)
+            return
         now = time.monotonic()
         record = WorkerRecord(identity, info, now + self.settings.worker_expiry, now)
         self.workers[identity] = record
-        self.models.setdefault(info.model, ModelService(info.model)).add_worker(identity, info)
         self._disconnect_sent.pop(identity, None)
         self._remember(self._ever_registered, _prefix_of(identity))
         log.info("worker %s ready: model %s on %.40s (%.80s), loaded in %.1f s", record.name,
@@ -792,3 +822,24 @@ class Broker:
             stopping=self.stopping,
             jobs=self.jobs.stats(),
         )
+
+    # -- registration refused ------------------------------------------------------
+    def _refuse_worker(self, identity: bytes, service: ModelService, info: p.WorkerInfo,
+                       differ: list[str]) -> None:
+        """Log why a worker may not join ``service`` and tell it to stop."""
+        self._count("workers_refused")
+        registered = service.info or p.WorkerInfo(service.name)
+        changes = []
+        for name in differ:
+            theirs, ours = getattr(info, name), getattr(registered, name)
+            if isinstance(theirs, dict) and isinstance(ours, dict):
+                changes += [f"{name}.{key} {theirs.get(key)!r:.60} instead of {ours.get(key)!r:.60}"
+                            for key in sorted(set(theirs) | set(ours), key=str) if theirs.get(key) != ours.get(key)]
+            else:
+                changes.append(f"{name} {theirs!r:.120} instead of {ours!r:.120}")
+        details = "; ".join(changes)
+        self._peer_log(logging.ERROR, "refused worker %s for model %s: its description differs from the %d "
+                       "worker(s) serving it (%s); told it to stop. Give it another --name, or drain the "
+                       "model's workers first", p.identity_text(identity), p.printable(service.name),
+                       len(service.workers), details)
+        self._send_worker(identity, p.envelope(p.WORKER, p.Command.DRAIN))

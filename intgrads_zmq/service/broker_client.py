@@ -32,7 +32,8 @@ from zmq.utils.monitor import recv_monitor_message
 from ..errors import BrokerUnavailable, Cancelled, DeadlineExceeded, IntgradsError
 from ..payload import AttributionPayload
 from . import protocol as p
-from .endpoints import broker_endpoint
+from .endpoints import broker_endpoint, prepare_private
+from .security import CurveClient, client_curve_from_env
 
 DEADLINE_MARGIN = 5.0  # seconds to wait past a deadline for the broker's answer
 CHECK_EVERY = 0.1  # seconds between two calls of a waiter's stop_if
@@ -44,8 +45,15 @@ class BrokerClient:
     """Sends requests to the broker and collects their answers."""
 
     def __init__(self, endpoint: str | None = None, *, context: zmq.Context | None = None,
-                 connect_wait: float = 1.0) -> None:
-        self.endpoint = endpoint or broker_endpoint()
+                 connect_wait: float = 1.0, curve: CurveClient | None = None) -> None:
+        """Connect to ``endpoint`` (default: $INTGRADS_BROKER, else this user's
+        private ipc:// socket, whose directory is checked first). ``curve``: the
+        key pair for a broker whose frontend port uses CURVE; with no endpoint
+        given, $INTGRADS_SERVER_KEY / $INTGRADS_CLIENT_KEY supply it too. A key
+        the broker refuses looks like an unreachable broker (BrokerUnavailable)."""
+        if endpoint is None and curve is None:
+            curve = client_curve_from_env()
+        self.endpoint = prepare_private(endpoint or broker_endpoint())
         self.context = context or zmq.Context.instance()
         self.connect_wait = connect_wait
         self.dropped = 0
@@ -54,6 +62,8 @@ class BrokerClient:
         self.socket.setsockopt(zmq.IMMEDIATE, 1)
         self.socket.setsockopt(zmq.RECONNECT_IVL, 100)
         self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        if curve is not None:
+            curve.apply(self.socket)
         self.monitor = self.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self.socket.connect(self.endpoint)
 

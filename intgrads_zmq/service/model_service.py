@@ -57,11 +57,26 @@ class ModelService:
     draining: set[bytes] = field(default_factory=set)
 
     # -- workers --------------------------------------------------------------
-    def add_worker(self, identity: bytes, info: p.WorkerInfo) -> None:
+    def add_worker(self, identity: bytes, info: p.WorkerInfo) -> list[str]:
+        """Add a worker; returns [] when it was added. While the model has
+        workers its description is fixed: a worker describing it otherwise is
+        not added, and the names of the fields that differ are returned. (A
+        worker announcing other labels or limits for a model others serve is
+        either misconfigured or an impostor; either way /models must not
+        change under the clients' feet.) Where workers run (device, host,
+        pid) may differ."""
+        others = self.workers - {identity}
+        if others and self.info is not None:
+            differ = [name for name in ("description", "labels", "defaults", "limits", "dtype")
+                      if getattr(info, name) != getattr(self.info, name)]
+            if differ:
+                return differ
+        else:
+            self.info = info
         self.workers.add(identity)
         self.idle.append(identity)
-        self.info = info
         self.load_error = None
+        return []
 
     def remove_worker(self, identity: bytes) -> None:
         self.workers.discard(identity)

@@ -51,12 +51,28 @@ class PeerLog:
         log.log(level, message, *args)
 
 
+MAX_TRACKED_CONNECTIONS = 10_000  # bound on connections remembered as mid-handshake
+
+
 class SocketWatch:
     """A monitor on one ROUTER: logs what libzmq decides before the broker sees
     a message. A peer without an authorised CURVE key, or not speaking ZMTP,
-    fails the handshake; a message over MAXMSGSIZE drops its connection."""
+    fails the handshake; a message over MAXMSGSIZE drops its connection.
 
-    EVENTS = zmq.EVENT_DISCONNECTED | sum(HANDSHAKE_FAILURES)
+    libzmq reports most refusals as a handshake failure, but not all: on a
+    CURVE socket a peer whose first bytes look like the old ZMTP 1.0 (any
+    plain-TCP client, HTTP for one) is dropped with nothing but
+    ``DISCONNECTED``. Such a connection is recognised here as one that was
+    accepted and closed with no handshake outcome of its own, and is counted
+    and logged as a refused handshake. Handshake events carry no file
+    descriptor, so outcomes are matched to connections by count: a connection
+    that closes while no outcome is pending for any connection still
+    mid-handshake had none. When that cannot be told (several handshakes at
+    once), tracking starts afresh: a refusal may then go uncounted, but a
+    completed handshake is never counted as refused."""
+
+    EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+              | sum(HANDSHAKE_FAILURES))
 
     def __init__(self, sock: zmq.Socket, role: str, peer_log: PeerLog, count: Callable[[str], None]) -> None:
         self.sock = sock
@@ -64,6 +80,8 @@ class SocketWatch:
         self.peer_log = peer_log
         self.count = count
         self.monitor = sock.get_monitor_socket(self.EVENTS)
+        self._handshaking: set[int] = set()  # fds accepted whose handshake outcome is not known
+        self._outcomes = 0  # handshake outcomes seen that belong to some fd in _handshaking
 
     def drain(self) -> None:
         for _ in range(64):
@@ -73,15 +91,46 @@ class SocketWatch:
                 return
             kind, value = event["event"], event["value"]
             endpoint = event["endpoint"].decode("ascii", "replace")
-            if kind == zmq.EVENT_DISCONNECTED:
-                self.count(f"{self.role}_disconnections")
-                self.peer_log(logging.INFO, "%s connection closed on %s (the peer left, or sent a message "
-                              "over the size limit)", self.role, endpoint)
+            if kind == zmq.EVENT_ACCEPTED:
+                if len(self._handshaking) >= MAX_TRACKED_CONNECTIONS:
+                    self._handshaking.clear()
+                    self._outcomes = 0
+                self._handshaking.add(value)
+            elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._resolved()
+            elif kind == zmq.EVENT_DISCONNECTED:
+                self._closed(value, endpoint)
             elif kind in HANDSHAKE_FAILURES:
+                self._resolved()
                 detail = PROTOCOL_ERRORS.get(value, value) if kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL else value
                 self.count("handshakes_refused")
                 self.peer_log(logging.WARNING, "refused a %s connection on %s: %s (%s)", self.role, endpoint,
                               HANDSHAKE_FAILURES[kind], detail)
+
+    def _resolved(self) -> None:
+        """One connection mid-handshake has an outcome (which one is not said)."""
+        if not self._handshaking:
+            return  # an untracked connection's
+        self._outcomes += 1
+        if self._outcomes >= len(self._handshaking):  # every one of them is resolved
+            self._handshaking.clear()
+            self._outcomes = 0
+
+    def _closed(self, fd: int, endpoint: str) -> None:
+        self.count(f"{self.role}_disconnections")
+        unresolved = fd in self._handshaking and self._outcomes == 0
+        if unresolved:
+            self._handshaking.discard(fd)
+        elif fd in self._handshaking:  # it may own one of the pending outcomes: no longer known who does
+            self._handshaking.clear()
+            self._outcomes = 0
+        if unresolved:
+            self.count("handshakes_refused")
+            self.peer_log(logging.WARNING, "refused a %s connection on %s: %s", self.role, endpoint,
+                          "closed before the ZMTP handshake finished (not a ZeroMQ peer, or one that gave up)")
+            return
+        self.peer_log(logging.INFO, "%s connection closed on %s (the peer left, or sent a message "
+                      "over the size limit)", self.role, endpoint)
 
     def close(self) -> None:
         self.sock.disable_monitor()

@@ -120,11 +120,12 @@ class Broker:
     log: Path
     workers_expected: int
     env: dict[str, str] = field(default_factory=dict)
+    curve: Any = None  # a CurveClient for a frontend port that requires CURVE
 
     def status(self, timeout: float = 2.0) -> dict[str, Any]:
         from intgrads_zmq.service.broker_client import BrokerClient
 
-        with BrokerClient(self.frontend, connect_wait=timeout) as client:
+        with BrokerClient(self.frontend, connect_wait=timeout, curve=self.curve) as client:
             return client.status(timeout=timeout)
 
     def wait_ready(self, workers: int | None = None, timeout: float = 90.0, model: str | None = None) -> dict:
@@ -176,15 +177,28 @@ class Broker:
 
 def start_broker(model_args: list[str], *, workers: int = 1, extra_args: list[str] | None = None,
                  env: dict[str, str] | None = None, folder: Path | None = None,
-                 frontend: str | None = None, backend: str | None = None) -> Broker:
+                 frontend: str | None = None, backend: str | None = None, private: bool = False,
+                 umask: int = -1) -> Broker:
+    """``intgrads-broker start`` on ipc:// endpoints in ``folder`` (or the ones
+    given). ``private``: no endpoint flags at all, so the broker binds its
+    defaults, the private directory that ``env`` (XDG_RUNTIME_DIR) implies.
+    ``umask``: the broker process's (-1: inherited)."""
     folder = folder or Path(tempfile.mkdtemp(prefix="igz-"))
-    frontend = frontend or f"ipc://{folder}/frontend"
-    backend = backend or f"ipc://{folder}/backend"
+    full_env = base_env(env)
+    if private:
+        from intgrads_zmq.service.endpoints import default_client_endpoint, default_worker_endpoint
+
+        frontend, backend = default_client_endpoint(full_env), default_worker_endpoint(full_env)
+        endpoint_args = []
+    else:
+        frontend = frontend or f"ipc://{folder}/frontend"
+        backend = backend or f"ipc://{folder}/backend"
+        endpoint_args = ["--frontend", frontend, "--backend", backend]
     log = folder / f"broker-{time.time_ns()}.log"
     command = [PYTHON, "-m", "intgrads_zmq.cli", "start", *model_args, "--cpu", "--workers", str(workers),
-               "--frontend", frontend, "--backend", backend, "--heartbeat", "0.5", *(extra_args or [])]
-    full_env = base_env(env)
-    process = subprocess.Popen(command, cwd=REPO, env=full_env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+               *endpoint_args, "--heartbeat", "0.5", *(extra_args or [])]
+    process = subprocess.Popen(command, cwd=REPO, env=full_env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                               umask=umask)
     return Broker(process, frontend, backend, log, workers, full_env)
 
 
@@ -263,17 +277,24 @@ class Frontend:
         kill_survivors(pids, grace=0)
 
 
-def start_frontend(broker_endpoint: str, *, env: dict[str, str] | None = None,
-                   folder: Path | None = None) -> Frontend:
+def start_frontend(broker_endpoint: str | None, *, env: dict[str, str] | None = None,
+                   folder: Path | None = None, wait: bool = True) -> Frontend:
+    """gunicorn serving ``frontend:app`` on a free loopback port, pointed at
+    ``broker_endpoint`` (None: INTGRADS_BROKER unset, so the frontend finds the
+    private default by itself). ``wait``: until /healthz answers."""
     folder = folder or Path(tempfile.mkdtemp(prefix="igz-http-"))
     port = free_port()
     log = folder / f"gunicorn-{port}.log"
-    full_env = base_env({"INTGRADS_BROKER": broker_endpoint, "INTGRADS_ACCESS_LOG": "", **(env or {})})
+    extra = {"INTGRADS_ACCESS_LOG": ""} | ({} if broker_endpoint is None else {"INTGRADS_BROKER": broker_endpoint})
+    full_env = base_env({**extra, **(env or {})})
+    if broker_endpoint is None and "INTGRADS_BROKER" not in (env or {}):
+        full_env.pop("INTGRADS_BROKER", None)
     command = [PYTHON, "-m", "gunicorn", "-c", str(REPO / "frontend" / "gunicorn.conf.py"),
                "--bind", f"127.0.0.1:{port}", "frontend:app"]
     process = subprocess.Popen(command, cwd=REPO, env=full_env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     frontend = Frontend(process, f"http://127.0.0.1:{port}", log)
-    frontend.wait_serving(30)
+    if wait:
+        frontend.wait_serving(30)
     return frontend
 
 
