@@ -15,7 +15,13 @@ const OK_ABSOLUTE = 1e-4;
 const FIELD_INPUTS = {
   sequence: "text", sequences: "text", n_steps: "n_steps", method: "method",
   baseline: "baseline", target: "target", tolerance: "tolerance",
+  contrast: "contrast", aggregate: "aggregate", metrics: "metrics",
 };
+// What the faithfulness checkbox asks for.
+const METRIC_NAMES = ["comprehensiveness", "sufficiency", "log_odds"];
+// One colour per class when every class is explained (lines in the plots).
+const CLASS_COLOURS = ["#2f5fb3", "#c2410c", "#15803d", "#7c3aed", "#b91c1c", "#0e7490", "#a16207", "#be185d"];
+const classColour = (k) => CLASS_COLOURS[k % CLASS_COLOURS.length];
 
 const state = {
   models: [],
@@ -26,6 +32,8 @@ const state = {
   timer: null,
   progress: null,    // the latest {queued|progress event} of the running request
   scale: 0,          // max |attribution| the colours are normalised by
+  units: [],         // the tokens or words shown, as pieces() / wordUnits() give them
+  byWord: false,     // the heatmap shows words (aggregate "words")
 };
 
 class ApiError extends Error {
@@ -257,11 +265,19 @@ function currentModel() {
 function applyModel(resetForm = true) {
   const model = currentModel();
   if (!model) return;
+  const labels = model.labels || [];
   const target = $("#target");
   const previous = target.value;
   target.replaceChildren(new Option("predicted", ""));
-  for (const label of model.labels || []) target.append(new Option(label, label));
-  target.value = (model.labels || []).includes(previous) ? previous : "";
+  for (const label of labels) target.append(new Option(label, label));
+  target.append(new Option("all classes", "all"));
+  target.value = labels.includes(previous) || previous === "all" ? previous : "";
+  const contrast = $("#contrast");
+  const previousContrast = contrast.value;
+  contrast.replaceChildren(new Option("none", ""));
+  for (const label of labels) contrast.append(new Option(label, label));
+  contrast.value = labels.includes(previousContrast) ? previousContrast : "";
+  applyTarget();
   const defaults = resetForm ? model.defaults || {} : {};
   if (defaults.baseline) $("#baseline").value = defaults.baseline;
   if (defaults.method) $("#method").value = defaults.method;
@@ -276,6 +292,16 @@ function applyModel(resetForm = true) {
     $("#step-budget").textContent = maxSteps;
   }
   applyStepsMode();
+}
+
+// "all classes" explains every class, so no contrast; the target itself is no contrast either.
+function applyTarget() {
+  const target = $("#target").value;
+  const contrast = $("#contrast");
+  contrast.disabled = target === "all";
+  contrast.title = contrast.disabled ? "a contrast needs one target class" : "";
+  for (const option of contrast.options) option.disabled = option.value !== "" && option.value === target;
+  if (contrast.selectedOptions[0] && contrast.selectedOptions[0].disabled) contrast.value = "";
 }
 
 // auto: the tolerance matters and the method is the adaptive rule's own;
@@ -307,6 +333,10 @@ function buildRequest() {
   }
   body.baseline = $("#baseline").value;
   if ($("#target").value) body.target = $("#target").value;
+  const contrast = $("#contrast");
+  if (!contrast.disabled && contrast.value) body.contrast = contrast.value;
+  if ($("#aggregate").value === "words") body.aggregate = "words";
+  if ($("#metrics").checked) body.metrics = [...METRIC_NAMES];
   const path = model ? `model/${encodeURIComponent(model)}/` : "model/";
   return { path, body };
 }
@@ -412,13 +442,53 @@ function render(data, request, seconds) {
   renderPrediction(data);
   renderCompleteness(data);
   renderTokens(data);
+  renderFaithfulness(data);
   renderIntegrand(data);
   $("#download-status").textContent = "";
   $("#results-title").focus();
 }
 
+// The reply explains one function (a target, perhaps against a contrast) or,
+// for target "all", one per class; every per-class value is then a list in
+// class order. One row per explained function, whatever the case.
+function explainedRows(data) {
+  const everyClass = Array.isArray(data.target);
+  const pick = (value, k) => (everyClass ? (Array.isArray(value) ? value[k] : undefined) : value);
+  const targets = everyClass ? data.target : [data.target];
+  const hasWords = Array.isArray(data.words);
+  return targets.map((target, k) => ({
+    index: k,
+    target,
+    label: pick(data.target_label, k),
+    attributions: pick(data.attributions, k) || [],
+    words: hasWords ? pick(data.word_attributions, k) || [] : null,
+    fInput: pick(data.f_input, k),
+    fBaseline: pick(data.f_baseline, k),
+    sum: pick(data.attribution_sum, k),
+    error: pick(data.completeness_error, k),
+    relative: pick(data.relative_completeness_error, k),
+    integrand: pick(data.path_integrand, k) || [],
+    errorEstimate: pick(data.error_estimate, k),
+    completeness: pick(data.completeness, k),
+    metrics: data.metrics ? pick(data.metrics, k) || null : null,
+  }));
+}
+
+const hasContrast = (data) => data.contrast_label !== undefined && data.contrast_label !== null;
+
+// F, the function a row explains, in words.
+function explainedFunction(data, row) {
+  return hasContrast(data) ? `logit[${row.label}] − logit[${data.contrast_label}]` : `logit[${row.label}]`;
+}
+
+// The largest of some values, or null when one is missing (not finite).
+function worst(values) {
+  return values.length && values.every(Number.isFinite) ? Math.max(...values) : null;
+}
+
 // For n_steps "auto": the steps paid, the error estimate against the
-// tolerance, and a plain warning when the tolerance was not met.
+// tolerance (the worst class's when every class is explained), and a plain
+// warning when the tolerance was not met.
 function renderAccuracy(data) {
   const line = $("#accuracy");
   const warning = $("#tolerance-warning");
@@ -426,13 +496,17 @@ function renderAccuracy(data) {
   line.hidden = !auto;
   warning.hidden = !auto || data.converged === true;
   if (!auto) return;
+  const rows = explainedRows(data);
+  const estimate = worst(rows.map((row) => row.errorEstimate));
+  const gap = worst(rows.map((row) => row.completeness));
+  const which = rows.length > 1 ? " for the worst class" : "";
   line.textContent = `auto steps: ${data.n_steps} evaluated, ${data.nodes_used} nodes used · estimated error `
-    + `${fmt(100 * data.error_estimate, 2)} % (tolerance ${fmt(100 * data.tolerance, 2)} %) · completeness gap `
-    + `${fmt(100 * data.completeness, 2)} %`;
+    + `${fmt(100 * estimate, 2)} %${which} (tolerance ${fmt(100 * data.tolerance, 2)} %) · completeness gap `
+    + `${fmt(100 * gap, 2)} %`;
   warning.textContent = data.converged ? "" : `⚠ Tolerance not met: after ${data.n_steps} steps (the server's `
     + `budget${data.step_budget ? ` of ${data.step_budget}` : ""}) the estimated error is `
-    + `${fmt(100 * Math.max(data.error_estimate, data.completeness), 2)} %, above the tolerance of `
-    + `${fmt(100 * data.tolerance, 2)} %. The attributions shown are the best estimate; treat small `
+    + `${fmt(100 * worst([estimate ?? NaN, gap ?? NaN].filter(Number.isFinite)), 2)} %${which}, above the `
+    + `tolerance of ${fmt(100 * data.tolerance, 2)} %. The attributions shown are the best estimate; treat small `
     + "differences between tokens with care, or try another baseline.";
 }
 
@@ -440,11 +514,17 @@ function renderPrediction(data) {
   const box = $("#prediction");
   const probabilities = data.probabilities || [];
   const labels = data.labels || probabilities.map((_, i) => String(i));
-  const predicted = probabilities.indexOf(Math.max(...probabilities));
+  const predicted = Number.isInteger(data.predicted) ? data.predicted : probabilities.indexOf(Math.max(...probabilities));
+  const explained = new Set(explainedRows(data).map((row) => row.target));
   const headline = $(".headline", box);
   headline.replaceChildren("Predicted ", el("strong", { class: "label", text: labels[predicted] }),
     ` with ${percent(probabilities[predicted])}`);
-  if (data.target !== predicted) {
+  if (Array.isArray(data.target)) {
+    headline.append(el("br"), "Explaining every class, one row each");
+  } else if (hasContrast(data)) {
+    headline.append(el("br"), "Explaining ", el("strong", { text: data.target_label }), " rather than ",
+      el("strong", { class: "contrast", text: data.contrast_label }));
+  } else if (data.target !== predicted) {
     headline.append(el("br"), "Explaining ", el("strong", { text: data.target_label }), " (chosen target)");
   }
   const list = $(".bars", box);
@@ -452,7 +532,8 @@ function renderPrediction(data) {
   probabilities.forEach((p, i) => {
     const tags = [];
     if (i === predicted) tags.push("predicted");
-    if (i === data.target) tags.push("explained");
+    if (explained.has(i)) tags.push("explained");
+    if (hasContrast(data) && i === data.contrast) tags.push("contrast");
     const fill = el("span", { class: "fill" });
     fill.style.width = `${Math.max(0, Math.min(1, p)) * 100}%`;
     list.append(el("li", { class: tags.join(" "), "data-label": labels[i], "data-probability": String(p) },
@@ -463,28 +544,51 @@ function renderPrediction(data) {
   });
 }
 
+function addsUp(row) {
+  const relative = row.relative;
+  return row.error <= OK_ABSOLUTE || (Number.isFinite(relative) && relative <= OK_RELATIVE);
+}
+
 function renderCompleteness(data) {
   const box = $("#completeness");
-  const delta = data.f_input - data.f_baseline;
-  const absolute = data.completeness_error;
-  const relative = data.relative_completeness_error;
-  const ok = absolute <= OK_ABSOLUTE || (relative !== null && relative <= OK_RELATIVE);
+  const rows = explainedRows(data);
+  const ok = rows.every(addsUp);
   box.dataset.ok = String(ok);
   const verdict = $(".verdict", box);
-  const gap = relative === null ? `absolute error ${fmt(absolute)}` : `relative error ${fmt(100 * relative, 2)} %`;
-  verdict.replaceChildren(
-    el("span", { class: `badge ${ok ? "ok" : "warn"}`, text: ok ? "✓ OK" : "⚠ Check" }), " ",
+  const badge = el("span", { class: `badge ${ok ? "ok" : "warn"}`, text: ok ? "✓ OK" : "⚠ Check" });
+  if (Array.isArray(data.target)) {
+    const off = rows.filter((row) => !addsUp(row)).map((row) => row.label);
+    verdict.replaceChildren(badge, " ", ok ? "the attributions of every class add up."
+      : `${off.join(", ")}: more than ${percent(OK_RELATIVE, 0)} off; raise n_steps or try gausslegendre.`);
+    $(".numbers", box).replaceChildren(
+      el("dt", { text: "class" }), el("dd", { text: "Σ attributions · F(x) − F(x′) · error" }),
+      ...rows.flatMap((row) => [
+        el("dt", { text: row.label, "data-label": row.label }),
+        el("dd", { "data-ok": String(addsUp(row)), title: `F(x) = ${row.fInput}, F(x′) = ${row.fBaseline}`,
+          text: `${fmt(row.sum, 5)} · ${fmt(row.fInput - row.fBaseline, 5)} · `
+            + (Number.isFinite(row.relative) ? `${fmt(100 * row.relative, 2)} %` : fmt(row.error, 2)) }),
+      ]));
+    return;
+  }
+  const row = rows[0];
+  const delta = row.fInput - row.fBaseline;
+  const gap = Number.isFinite(row.relative) ? `relative error ${fmt(100 * row.relative, 2)} %`
+    : `absolute error ${fmt(row.error)}`;
+  verdict.replaceChildren(badge, " ",
     ok ? `${gap}: the attributions add up.`
       : `${gap}: more than ${percent(OK_RELATIVE, 0)} off; raise n_steps or try gausslegendre.`);
-  const rows = [
-    ["Σ attributions", fmt(data.attribution_sum, 6), String(data.attribution_sum)],
-    ["F(x) − F(x′)", fmt(delta, 6), `F(x) = ${data.f_input}, F(x′) = ${data.f_baseline}`],
-    ["F(x), F(x′)", `${fmt(data.f_input)}, ${fmt(data.f_baseline)}`,
-      `logit of “${data.target_label}” at the input and at the baseline`],
-    ["Absolute error", fmt(absolute, 3), String(absolute)],
-    ["Relative error", relative === null ? "— (F(x) = F(x′))" : `${fmt(100 * relative, 3)} %`, String(relative)],
+  const what = hasContrast(data) ? `${explainedFunction(data, row)} at the input and at the baseline`
+    : `logit of “${row.label}” at the input and at the baseline`;
+  const rowsShown = [
+    ["Σ attributions", fmt(row.sum, 6), String(row.sum)],
+    ["F(x) − F(x′)", fmt(delta, 6), `F(x) = ${row.fInput}, F(x′) = ${row.fBaseline}`],
+    ["F(x), F(x′)", `${fmt(row.fInput)}, ${fmt(row.fBaseline)}`, what],
+    ["Absolute error", fmt(row.error, 3), String(row.error)],
+    ["Relative error", Number.isFinite(row.relative) ? `${fmt(100 * row.relative, 3)} %` : "— (F(x) = F(x′))",
+      String(row.relative)],
   ];
-  $(".numbers", box).replaceChildren(...rows.flatMap(([term, value, exact]) => [
+  if (hasContrast(data)) rowsShown.unshift(["F", explainedFunction(data, row), "the explained function"]);
+  $(".numbers", box).replaceChildren(...rowsShown.flatMap(([term, value, exact]) => [
     el("dt", { text: term }), el("dd", { text: value, title: exact }),
   ]));
 }
@@ -510,6 +614,19 @@ function pieces(tokens) {
   });
 }
 
+// The words of the text, when the reply has them (aggregate "words"): each
+// with its character span, or none for a token the tokenizer added. A word
+// that starts where the previous one ends ("film" ",") sits flush against it.
+function wordUnits(data) {
+  const spans = data.word_spans || [];
+  return data.words.map((word, i) => {
+    const span = Array.isArray(spans[i]) ? spans[i] : null;
+    const before = i > 0 && Array.isArray(spans[i - 1]) ? spans[i - 1] : null;
+    return { raw: word, text: word, special: span === null, joins: Boolean(span && before && before[1] === span[0]),
+      span };
+  });
+}
+
 function colourFor(score, scale) {
   // A non-finite score arrives as null (JSON has no NaN): grey, not white.
   if (!Number.isFinite(score)) return { background: "#c9ced4", color: "#1b1f24" };
@@ -520,33 +637,64 @@ function colourFor(score, scale) {
   return { background: `rgb(${r}, ${g}, ${b})`, color: a > 0.55 ? "#fff" : "#1b1f24" };
 }
 
+// One heatmap row per explained function, over tokens or words; every class
+// shares one colour scale so that rows compare.
 function renderTokens(data) {
-  const tokens = data.tokens || [];
-  const scores = data.attributions || [];
-  const parts = pieces(tokens);
+  const byWord = Array.isArray(data.words);
+  const units = byWord ? wordUnits(data) : pieces(data.tokens || []);
+  const rows = explainedRows(data);
+  const everyClass = Array.isArray(data.target);
+  const scoresOf = (row) => (byWord ? row.words : row.attributions);
   const ignoreSpecial = $("#ignore-special").checked;
-  const scaled = scores.filter((_, i) => !(ignoreSpecial && parts[i].special));
-  const scale = Math.max(0, ...scaled.filter(Number.isFinite).map(Math.abs));
-  state.scale = scale;
+  const shown = rows.flatMap((row) => scoresOf(row).filter((_, i) => !(ignoreSpecial && units[i] && units[i].special)));
+  const scale = Math.max(0, ...shown.filter(Number.isFinite).map(Math.abs));
+  Object.assign(state, { scale, units, byWord });
 
+  $("#attributions-title").textContent = `Attributions per ${byWord ? "word" : "token"}`;
+  $("#explains").textContent = everyClass ? "every class, one row each, on one colour scale"
+    : hasContrast(data) ? `F = ${explainedFunction(data, rows[0])}` : "";
   $(".legend-min").textContent = fmt(-scale);
   $(".legend-max").textContent = `+${fmt(scale)}`;
-  $(".legend-caption").textContent =
-    `blue: against “${data.target_label}” · red: towards it · colour ∝ score / max |score|`;
+  $(".legend-caption").textContent = everyClass
+    ? "red: towards the row’s class · blue: against it · colour ∝ score / max |score| of all rows"
+    : hasContrast(data)
+      ? `red: towards “${data.target_label}” · blue: towards “${data.contrast_label}” · colour ∝ score / max |score|`
+      : `blue: against “${data.target_label}” · red: towards it · colour ∝ score / max |score|`;
 
   const box = $("#tokens");
   box.replaceChildren();
+  box.classList.toggle("per-class", everyClass);
+  box.dataset.unit = byWord ? "word" : "token";
+  for (const row of rows) {
+    if (!everyClass) {
+      appendChips(box, units, scoresOf(row), scale, row);
+      continue;
+    }
+    const chips = el("div", { class: "class-tokens" });
+    appendChips(chips, units, scoresOf(row), scale, row);
+    const label = el("span", { class: "class-label", text: row.label });
+    label.style.borderColor = classColour(row.index);
+    box.append(el("div", { class: "class-row", "data-label": row.label }, label, chips));
+  }
+  $("#token-detail").textContent = `Hover or focus a ${byWord ? "word" : "token"} to see its exact score.`;
+  $("#truncated").hidden = !data.truncated;
+  renderTable(units, rows.map(scoresOf), rows, scale, byWord, everyClass);
+}
+
+function appendChips(box, units, scores, scale, row) {
   let word = null;
-  parts.forEach((part, i) => {
+  units.forEach((part, i) => {
     const score = scores[i];
-    const share = scale > 0 ? score / scale : 0;
     const { background, color } = colourFor(score, scale);
+    const where = part.span ? ` [${part.span[0]}, ${part.span[1]})` : "";
     const span = el("span", {
-      class: ["token", part.special && "special", part.joins && "cont"].filter(Boolean).join(" "),
-      "data-score": String(score), "data-index": String(i), tabindex: "0",
-      title: `${part.raw} · ${describeScore(score, scale)}`,
+      class: ["token", part.special && "special", part.joins && "cont", part.span !== undefined && "whole-word"]
+        .filter(Boolean).join(" "),
+      "data-score": String(score), "data-index": String(i), "data-row": String(row.index), tabindex: "0",
+      title: `${part.raw}${where} · ${describeScore(score, scale)}`,
       text: part.text,
     });
+    if (part.span) span.dataset.span = part.span.join(",");
     span.style.background = background;
     span.style.color = color;
     if (!part.joins || !word) {
@@ -556,24 +704,33 @@ function renderTokens(data) {
     word.append(span);
   });
   if (word) box.append(word);
-  $("#token-detail").textContent = "Hover or focus a token to see its exact score.";
-  $("#truncated").hidden = !data.truncated;
-  renderTable(parts, scores, scale);
 }
 
-function renderTable(parts, scores, scale) {
-  const rows = parts.map((part, i) => {
-    const share = scale > 0 ? scores[i] / scale : 0;
-    const bar = el("span", { class: `share ${share >= 0 ? "pos" : "neg"}` });
-    bar.style.width = `${Math.min(1, Math.abs(share)) * 50}%`;
-    return el("tr", { class: part.special ? "special" : "" },
-      el("td", { class: "num", text: String(i) }),
-      el("td", {}, el("code", { text: part.raw })),
-      el("td", { class: "num", title: String(scores[i]), text: signed(scores[i]) }),
-      el("td", {}, el("span", { class: "share-cell" }, el("span", { class: "share-track" }, bar),
-        el("span", { class: "share-text", text: percent(share, 0) }))));
+function renderTable(units, scoreRows, rows, scale, byWord, everyClass) {
+  const head = [el("th", { scope: "col", text: "#" }), el("th", { scope: "col", text: byWord ? "Word" : "Token" })];
+  if (everyClass) {
+    head.push(...rows.map((row) => el("th", { scope: "col", class: "num", text: row.label })));
+  } else {
+    head.push(el("th", { scope: "col", class: "num", text: "Attribution" }),
+      el("th", { scope: "col", text: "Share of max |attr|" }));
+  }
+  $("#score-table thead").replaceChildren(el("tr", {}, ...head));
+  const body = units.map((part, i) => {
+    const cells = [el("td", { class: "num", text: String(i) }), el("td", {}, el("code", { text: part.raw }))];
+    if (everyClass) {
+      cells.push(...scoreRows.map((scores) => el("td", { class: "num", title: String(scores[i]), text: signed(scores[i]) })));
+    } else {
+      const score = scoreRows[0][i];
+      const share = scale > 0 ? score / scale : 0;
+      const bar = el("span", { class: `share ${share >= 0 ? "pos" : "neg"}` });
+      bar.style.width = `${Math.min(1, Math.abs(share)) * 50}%`;
+      cells.push(el("td", { class: "num", title: String(score), text: signed(score) }),
+        el("td", {}, el("span", { class: "share-cell" }, el("span", { class: "share-track" }, bar),
+          el("span", { class: "share-text", text: percent(share, 0) }))));
+    }
+    return el("tr", { class: part.special ? "special" : "" }, ...cells);
   });
-  $("#score-table tbody").replaceChildren(...rows);
+  $("#score-table tbody").replaceChildren(...body);
 }
 
 // The exact score (shortest round-trip text of the float) and its share of the scale.
@@ -584,9 +741,12 @@ function describeScore(score, scale) {
 
 function describeToken(span) {
   const index = Number(span.dataset.index);
-  const score = state.result.attributions[index];
-  $("#token-detail").textContent =
-    `#${index} “${state.result.tokens[index]}”: ${describeScore(score, state.scale)}`;
+  const row = explainedRows(state.result)[Number(span.dataset.row) || 0];
+  const unit = state.units[index];
+  const score = (state.byWord ? row.words : row.attributions)[index];
+  const where = unit.span ? ` (characters ${unit.span[0]}–${unit.span[1]})` : "";
+  const forClass = Array.isArray(state.result.target) ? ` for “${row.label}”` : "";
+  $("#token-detail").textContent = `#${index} “${unit.raw}”${where}${forClass}: ${describeScore(score, state.scale)}`;
 }
 
 function niceStep(range, count) {
@@ -596,82 +756,180 @@ function niceStep(range, count) {
   return power * (unit <= 1 ? 1 : unit <= 2 ? 2 : unit <= 5 ? 5 : 10);
 }
 
-// g(α)·(x − x′) per step; its weighted sum is the attribution sum, so a
-// jagged curve between few samples is a visible sign of too few steps.
-function renderIntegrand(data) {
-  // Non-finite steps (null in JSON) are left out rather than drawn at zero.
-  const steps = (data.alphas || []).map((a, i) => [a, (data.path_integrand || [])[i]])
-    .filter(([a, v]) => Number.isFinite(a) && Number.isFinite(v));
-  const alphas = steps.map(([a]) => a);
-  const values = steps.map(([, v]) => v);
-  // Drawn at the box's own width, so text stays at its real size on any screen.
-  const box = $("#integrand .plot");
+// The frame every plot shares: an SVG at the box's own width (so text stays
+// at its real size on any screen), horizontal grid lines with their values,
+// vertical ones at xTicks, both axes and their labels.
+function plotFrame(box, { low, high, step, xTicks, xTick, xLabel, yLabel, title, desc, idPrefix, height }) {
   const W = Math.round(Math.min(960, Math.max(300, box.clientWidth || 640)));
-  const H = W < 480 ? 220 : 270;
+  const H = W < 480 ? height - 50 : height;
   const m = { left: 64, right: 18, top: 16, bottom: 46 };
-  let low = Math.min(0, ...values);
-  let high = Math.max(0, ...values);
-  if (high === low) { high += 1; low -= 1; }
-  const step = niceStep(high - low, 4);
-  low = Math.floor(low / step) * step;
-  high = Math.ceil(high / step) * step;
   const x = (a) => m.left + a * (W - m.left - m.right);
   const y = (v) => H - m.bottom - ((v - low) / (high - low)) * (H - m.top - m.bottom);
-
   const plot = svg("svg", {
-    viewBox: `0 0 ${W} ${H}`, role: "img", "aria-labelledby": "integrand-svg-title integrand-svg-desc",
+    viewBox: `0 0 ${W} ${H}`, role: "img", "aria-labelledby": `${idPrefix}-svg-title ${idPrefix}-svg-desc`,
     preserveAspectRatio: "xMidYMid meet",
   });
-  plot.append(
-    svg("title", { id: "integrand-svg-title" }, "Path integrand against α"),
-    svg("desc", { id: "integrand-svg-desc" },
-      `${values.length} steps; values from ${fmt(Math.min(...values))} to ${fmt(Math.max(...values))}.`));
-
+  plot.append(svg("title", { id: `${idPrefix}-svg-title` }, title), svg("desc", { id: `${idPrefix}-svg-desc` }, desc));
   const grid = svg("g", { class: "grid" });
   for (let v = low; v <= high + step / 2; v += step) {
     const value = Math.abs(v) < step * 1e-9 ? 0 : v;
     grid.append(svg("line", { x1: x(0), x2: x(1), y1: y(value), y2: y(value), class: value === 0 ? "zero" : "" }),
       svg("text", { x: m.left - 8, y: y(value) + 4, class: "tick y" }, fmt(value, 3)));
   }
-  for (const a of [0, 0.25, 0.5, 0.75, 1]) {
+  for (const a of xTicks) {
     grid.append(svg("line", { x1: x(a), x2: x(a), y1: y(high), y2: y(low), class: "v" }),
-      svg("text", { x: x(a), y: H - m.bottom + 18, class: "tick x" }, String(a)));
+      svg("text", { x: x(a), y: H - m.bottom + 18, class: "tick x" }, xTick(a)));
   }
-  plot.append(grid);
-  plot.append(
+  plot.append(grid,
     svg("line", { x1: x(0), x2: x(1), y1: y(low), y2: y(low), class: "axis" }),
     svg("line", { x1: x(0), x2: x(0), y1: y(low), y2: y(high), class: "axis" }),
-    svg("text", { x: (x(0) + x(1)) / 2, y: H - 6, class: "axis-label" }, "α  (0 = baseline x′, 1 = input x)"),
+    svg("text", { x: (x(0) + x(1)) / 2, y: H - 6, class: "axis-label" }, xLabel),
     svg("text", { x: 14, y: (y(low) + y(high)) / 2, class: "axis-label",
-      transform: `rotate(-90 14 ${(y(low) + y(high)) / 2})` }, "g(α) · (x − x′)"));
+      transform: `rotate(-90 14 ${(y(low) + y(high)) / 2})` }, yLabel));
+  return { plot, x, y };
+}
 
-  const points = alphas.map((a, i) => [x(a), y(values[i])]);
-  if (points.length) {
-    const line = points.map(([px, py]) => `${px.toFixed(2)},${py.toFixed(2)}`).join(" ");
-    const first = points[0][0].toFixed(2);
-    const last = points[points.length - 1][0].toFixed(2);
-    const zero = y(0).toFixed(2);
-    plot.append(svg("polygon", { class: "area", points: `${first},${zero} ${line} ${last},${zero}` }),
-      svg("polyline", { class: "curve", points: line }));
-  }
-  const dots = svg("g", { class: "points" });
-  const radius = alphas.length > 80 ? 2 : 3.5;
-  alphas.forEach((a, i) => {
-    const dot = svg("circle", { class: "point", cx: points[i][0], cy: points[i][1], r: radius,
-      "data-alpha": String(a), "data-value": String(values[i]) });
-    dot.append(svg("title", {}, `step ${i + 1}: α = ${a}, integrand = ${values[i]}`));
-    dots.append(dot);
+const polylinePoints = (points) => points.map(([px, py]) => `${px.toFixed(2)},${py.toFixed(2)}`).join(" ");
+
+// g(α)·(x − x′) per step; its weighted sum is the attribution sum, so a
+// jagged curve between few samples is a visible sign of too few steps. Every
+// class explained: one curve per class, in the class colours.
+function renderIntegrand(data) {
+  const alphasAll = data.alphas || [];
+  const rows = explainedRows(data);
+  const everyClass = Array.isArray(data.target);
+  // Non-finite steps (null in JSON) are left out rather than drawn at zero.
+  const series = rows.map((row) => alphasAll.map((a, i) => [a, row.integrand[i]])
+    .filter(([a, v]) => Number.isFinite(a) && Number.isFinite(v)));
+  const values = series.flat().map(([, v]) => v);
+  const box = $("#integrand .plot");
+  let low = Math.min(0, ...values);
+  let high = Math.max(0, ...values);
+  if (high === low) { high += 1; low -= 1; }
+  const step = niceStep(high - low, 4);
+  low = Math.floor(low / step) * step;
+  high = Math.ceil(high / step) * step;
+  const { plot, x, y } = plotFrame(box, {
+    low, high, step, xTicks: [0, 0.25, 0.5, 0.75, 1], xTick: String, idPrefix: "integrand", height: 270,
+    xLabel: "α  (0 = baseline x′, 1 = input x)", yLabel: "g(α) · (x − x′)", title: "Path integrand against α",
+    desc: `${alphasAll.length} steps${everyClass ? `, ${rows.length} classes` : ""}; values from `
+      + `${fmt(Math.min(...values))} to ${fmt(Math.max(...values))}.`,
   });
-  plot.append(dots);
+  const radius = alphasAll.length > 80 ? 2 : 3.5;
+  series.forEach((steps, k) => {
+    const points = steps.map(([a, v]) => [x(a), y(v)]);
+    const colour = everyClass ? classColour(k) : null;
+    if (points.length) {
+      const line = polylinePoints(points);
+      if (!everyClass) {
+        const zero = y(0).toFixed(2);
+        plot.append(svg("polygon", { class: "area",
+          points: `${points[0][0].toFixed(2)},${zero} ${line} ${points[points.length - 1][0].toFixed(2)},${zero}` }));
+      }
+      const curve = svg("polyline", { class: "curve", points: line, "data-label": rows[k].label });
+      if (colour) curve.style.stroke = colour;
+      plot.append(curve);
+    }
+    const dots = svg("g", { class: "points" });
+    steps.forEach(([a, v], i) => {
+      const dot = svg("circle", { class: "point", cx: points[i][0], cy: points[i][1], r: radius,
+        "data-alpha": String(a), "data-value": String(v), "data-label": rows[k].label });
+      if (colour) dot.style.stroke = colour;
+      dot.append(svg("title", {}, `${everyClass ? `${rows[k].label}, ` : ""}step ${i + 1}: α = ${a}, integrand = ${v}`));
+      dots.append(dot);
+    });
+    plot.append(dots);
+  });
   if (data.requested_steps === "auto") {
     // Adaptive nodes: a tick under the axis per node shows where the rule refined.
     const marks = svg("g", { class: "node-marks" });
-    for (const a of alphas) {
+    for (const a of alphasAll) {
       marks.append(svg("line", { class: "node-mark", x1: x(a), x2: x(a), y1: y(low), y2: y(low) + 6 }));
     }
     plot.append(marks);
   }
   box.replaceChildren(plot);
+  if (everyClass) box.append(classLegend(rows));
+}
+
+function classLegend(rows) {
+  return el("p", { class: "plot-legend" }, ...rows.map((row) => {
+    const swatch = el("span", { class: "swatch" });
+    swatch.style.background = classColour(row.index);
+    return el("span", { class: "legend-item", "data-label": row.label }, swatch, row.label);
+  }));
+}
+
+// --- faithfulness -------------------------------------------------------
+
+const METRIC_TITLES = { comprehensiveness: "Comprehensiveness ↑", sufficiency: "Sufficiency ↓", log_odds: "Log-odds ↓" };
+
+// The numbers the server measured (one row per explained class) and the
+// deletion curve: the measured probability as the top-ranked tokens are
+// removed (solid) or as only they are kept (dashed).
+function renderFaithfulness(data) {
+  const card = $("#faithfulness");
+  const rows = explainedRows(data).filter((row) => row.metrics && typeof row.metrics === "object");
+  card.hidden = rows.length === 0;
+  if (!rows.length) return;
+  const everyClass = Array.isArray(data.target);
+  const names = METRIC_NAMES.filter((name) => rows.some((row) => name in row.metrics));
+  $("#faithfulness-table thead").replaceChildren(el("tr", {},
+    el("th", { scope: "col", text: everyClass ? "Class" : "Explained" }),
+    ...names.map((name) => el("th", { scope: "col", class: "num", text: METRIC_TITLES[name] }))));
+  $("#faithfulness-table tbody").replaceChildren(...rows.map((row) => el("tr", { "data-label": row.label },
+    el("td", { text: everyClass ? row.label : explainedFunction(data, row) }),
+    ...names.map((name) => el("td", { class: "num", "data-metric": name, title: String(row.metrics[name]),
+      text: fmt(row.metrics[name]) })))));
+  const first = rows[0].metrics;
+  const passes = rows.reduce((sum, row) => sum + (row.metrics.forward_passes || 0), 0);
+  const seconds = rows.reduce((sum, row) => sum + (row.metrics.seconds || 0), 0);
+  const measured = first.measure === "probability_difference" ? "p(target) − p(contrast)" : "p(target)";
+  $("#faithfulness-note").textContent = `Removed tokens are replaced by “${first.replacement}” · measured on `
+    + `${measured} · ${first.ranked_tokens} tokens ranked · ${passes} forward passes in ${fmt(seconds, 3)} s`;
+  renderDeletionCurve(rows, everyClass, first.measure === "probability_difference");
+}
+
+function renderDeletionCurve(rows, everyClass, difference) {
+  const box = $("#faithfulness .plot");
+  const curves = rows.filter((row) => row.metrics.curve && (row.metrics.curve.removed || row.metrics.curve.kept));
+  if (!curves.length) {
+    box.replaceChildren();
+    return;
+  }
+  const low = difference ? -1 : 0;
+  const { plot, x, y } = plotFrame(box, {
+    low, high: 1, step: difference ? 0.5 : 0.25, xTicks: [0, 0.2, 0.4, 0.6, 0.8, 1],
+    xTick: (f) => `${Math.round(100 * f)} %`, idPrefix: "deletion", height: 250,
+    xLabel: "top-ranked tokens removed (solid) or kept alone (dashed)",
+    yLabel: difference ? "p(target) − p(contrast)" : "p(target)",
+    title: "Deletion curve", desc: `The measured probability as the top-ranked tokens are removed or kept alone.`,
+  });
+  for (const row of curves) {
+    const curve = row.metrics.curve;
+    const colour = classColour(everyClass ? row.index : 0);
+    const series = [];
+    if (curve.removed) series.push(["removed", [[0, row.metrics.full], ...curve.fractions.map((f, i) => [f, curve.removed[i]])]]);
+    if (curve.kept) series.push(["kept", curve.fractions.map((f, i) => [f, curve.kept[i]])]);
+    for (const [kind, points] of series) {
+      const finite = points.filter(([, v]) => Number.isFinite(v));
+      const line = svg("polyline", { class: `curve ${kind}`, "data-label": row.label,
+        points: polylinePoints(finite.map(([f, v]) => [x(f), y(v)])) });
+      line.style.stroke = colour;
+      plot.append(line);
+      const dots = svg("g", { class: `points ${kind}` });
+      for (const [f, v] of finite) {
+        const dot = svg("circle", { class: `point ${kind}-point`, cx: x(f), cy: y(v), r: 3,
+          "data-fraction": String(f), "data-value": String(v), "data-label": row.label });
+        dot.style.stroke = colour;
+        dot.append(svg("title", {}, `${row.label}: top ${Math.round(100 * f)} % ${kind === "removed" ? "removed" : "kept alone"}: ${v}`));
+        dots.append(dot);
+      }
+      plot.append(dots);
+    }
+  }
+  box.replaceChildren(plot);
+  if (everyClass) box.append(classLegend(curves));
 }
 
 function shellQuote(text) {
@@ -735,6 +993,7 @@ function init() {
   $("#text").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("#form").requestSubmit();
   });
+  $("#target").addEventListener("change", applyTarget);
   $("#ignore-special").addEventListener("change", () => state.result && renderTokens(state.result));
   for (const type of ["mouseover", "focusin"]) {
     $("#tokens").addEventListener(type, (event) => {
@@ -745,7 +1004,11 @@ function init() {
   let resizing = null;
   window.addEventListener("resize", () => {
     clearTimeout(resizing);
-    resizing = setTimeout(() => state.result && renderIntegrand(state.result), 150);
+    resizing = setTimeout(() => {
+      if (!state.result) return;
+      renderIntegrand(state.result);
+      renderFaithfulness(state.result);
+    }, 150);
   });
   $("#download-gzip").addEventListener("click", downloadGzip);
   $("#download-json").addEventListener("click", downloadJSON);

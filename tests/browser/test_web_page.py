@@ -147,7 +147,7 @@ def test_heatmap_matches_the_api_and_the_page_reports_everything(browser, stack,
     open_page(driver, stack)
     assert find(driver, "#baseline").get_attribute("value") == "pad"  # the model's default
     assert find(driver, "#n_steps").get_attribute("max") == "300"
-    assert [o.text for o in find_all(driver, "#target option")] == ["predicted", "negative", "positive"]
+    assert [o.text for o in find_all(driver, "#target option")] == ["predicted", "negative", "positive", "all classes"]
     # auto steps are the page's default; a fixed number is one choice away.
     assert find(driver, "#steps_mode").get_attribute("value") == "auto"
     assert find(driver, "#tolerance").is_displayed() and not find(driver, "#n_steps").is_displayed()
