@@ -82,14 +82,18 @@ setup(
             "ruff>=0.5",
             "pyyaml>=6",
             "kubernetes-validate>=1.30",
+            "pyarrow>=14",  # the intgrads-batch Parquet test
         ],
         "bench": ["captum>=0.7", "tqdm>=4.66"],
+        # intgrads-batch --output-format parquet
+        "parquet": ["pyarrow>=14"],
     },
     cmdclass={"build_py": BuildPyWithHook, "editable_wheel": EditableWheelWithHook},
     entry_points={
         "console_scripts": [
             "intgrads-broker=intgrads_zmq.cli:main",
             "intgrads=intgrads_zmq.cli:intgrads",
+            "intgrads-batch=intgrads_zmq.batch.cli:main",
         ],
     },
 )
