@@ -25,7 +25,13 @@ from .jobs import JobResource, JobResultResource, JobsResource
 from .metrics import Metrics
 from .model_limits import ModelLimits
 from .openapi import openapi_document
-from .resources import AttributionResource, HealthResource, ModelsResource, ReadyResource
+from .resources import (
+    AttributionResource,
+    HealthResource,
+    ModelsResource,
+    ReadyResource,
+    StatusCache,
+)
 from .settings import FrontendSettings
 
 log = logging.getLogger("intgrads.frontend")
@@ -124,12 +130,15 @@ def create_app(settings: FrontendSettings | None = None, pool: BrokerPool | None
     def status() -> dict[str, Any]:
         return pool.client().status(timeout=settings.status_timeout)
 
-    limits = ModelLimits(status, settings.limits)
+    # One cached status per process: the limits requests are checked against,
+    # and the model sizes that bound their replies before anything is computed.
+    cached = StatusCache(status)
+    limits = ModelLimits(cached.get, settings.limits, ttl=0.0)  # type: ignore[arg-type]
     metrics = Metrics(status)
     # RequireHost first: a request without a valid Host is refused before anything runs.
     app = falcon.App(middleware=[RequireHost(), metrics, RevalidatePage()])
     app.req_options.strip_url_path_trailing_slash = False
-    attribution = AttributionResource(pool, settings, limits)
+    attribution = AttributionResource(pool, settings, limits, cached)
     for route in ("/model", "/model/"):
         app.add_route(route, attribution)
     for route in ("/model/{name}", "/model/{name}/"):

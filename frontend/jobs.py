@@ -24,7 +24,7 @@ from intgrads_zmq.options import parse_request
 from .body import read_json_body
 from .broker_pool import BrokerPool
 from .model_limits import ModelLimits
-from .resources import request_options
+from .resources import request_options, respond
 from .settings import FrontendSettings
 
 JOB_ID_CHARS = frozenset("0123456789abcdef")
@@ -76,9 +76,11 @@ class JobsResource:
         if parsed.batch:
             raise BadRequest("a job holds one text: send 'sequence' (one job per text), not 'sequences'",
                              field="sequences")
+        # The result may be read later in any format: bounded as a binary reply.
         state = self.pool.client().submit_job(
             parsed.sequences[0], model=name, options=request_options(parsed.options, fmt),
-            timeout=self.settings.timeout, wait=self.settings.status_timeout)
+            timeout=self.settings.timeout, wait=self.settings.status_timeout,
+            max_reply=self.settings.reply_limits.tensor_bound("torch"))
         resp.status = falcon.HTTP_202
         resp.set_header("Location", f"/jobs/{state['job_id']}")
         resp.media = _state_body(state)
@@ -110,8 +112,4 @@ class JobResultResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
         fmt = negotiate(req.get_param("format"), req.get_header("Accept"))
         payload = self.pool.client().job_result(_checked_id(job_id), wait=RESULT_WAIT)
-        body = encode([payload], fmt, batch=False)
-        resp.data = body.body
-        resp.content_type = body.media_type
-        if body.filename:
-            resp.set_header("Content-Disposition", f'attachment; filename="{body.filename}"')
+        respond(resp, encode([payload], fmt, batch=False, limits=self.settings.reply_limits))

@@ -5,17 +5,30 @@ the format the client asked for. They never import torch or touch a model.
 While a request waits, its client's socket is watched: a client that
 disconnects has its requests cancelled at the broker (the worker stops at
 its next chunk). ``Accept: text/event-stream`` streams progress (see sse.py).
+
+Replies are streamed from the tensor frames as they arrived (a reply of
+hundreds of MB is never joined in this process) and bounded: a request
+whose reply would certainly pass ``INTGRADS_MAX_REPLY`` (or, as JSON,
+``INTGRADS_MAX_JSON_TENSORS``) is refused with 413 before anything is
+computed, from a lower bound of its size; the exact size is checked again
+before the first byte is encoded. The texts of a batch go to the broker as
+one BATCH, admitted whole or refused at once.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import falcon
 
-from intgrads_zmq.encoding import FORMATS, encode, negotiate
+from intgrads_zmq.encoding import FORMATS, EncodedBody, ReplyLimits, encode, negotiate
+from intgrads_zmq.encoding.reply_size import json_too_large, min_tensor_bytes, reply_too_large
 from intgrads_zmq.errors import BadRequest, IntgradsError, NotReady
-from intgrads_zmq.options import TENSOR_FIELDS, parse_request
+from intgrads_zmq.options import TENSOR_FIELDS, ParsedRequest, parse_request
+from intgrads_zmq.service.broker_client import refused_whole_batch
 
 from . import sse
 from .body import read_json_body
@@ -25,13 +38,50 @@ from .model_limits import ModelLimits, limits_in_status
 from .settings import FrontendSettings
 
 
+class StatusCache:
+    """The broker's status, at most ``ttl`` seconds old (None while the broker
+    does not answer: a failure is cached too, so a down broker does not cost
+    every request a status timeout). Shared by the threads of a process."""
+
+    def __init__(self, status: Callable[[], dict[str, Any]], ttl: float = 3.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._status = status
+        self.ttl = ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._cached: tuple[float, dict[str, Any] | None] | None = None
+
+    def get(self) -> dict[str, Any] | None:
+        now = self._clock()
+        with self._lock:
+            if self._cached is not None and now - self._cached[0] < self.ttl:
+                return self._cached[1]
+        try:
+            status: dict[str, Any] | None = self._status()
+        except IntgradsError:
+            status = None
+        with self._lock:
+            self._cached = (now, status)
+        return status
+
+    def model(self, name: str | None) -> dict[str, Any] | None:
+        """``name``'s entry (None: the default model's), if the broker knows it."""
+        status = self.get()
+        if not status:
+            return None
+        model = status.get("models", {}).get(name or status.get("default_model") or "")
+        return model if isinstance(model, dict) else None
+
+
 class AttributionResource:
     """POST /model/ and /model/{name}/: explain one or several texts."""
 
-    def __init__(self, pool: BrokerPool, settings: FrontendSettings, limits: ModelLimits) -> None:
+    def __init__(self, pool: BrokerPool, settings: FrontendSettings, limits: ModelLimits,
+                 models: StatusCache | None = None) -> None:
         self.pool = pool
         self.settings = settings
         self.limits = limits
+        self.models = models
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, name: str | None = None) -> None:
         streaming = sse.wants_event_stream(req.get_header("Accept"))
@@ -39,35 +89,33 @@ class AttributionResource:
         body = read_json_body(req, self.settings.max_body_bytes, self.settings.body_timeout)
         parsed = parse_request(body, self.limits.for_model(name))
         options = request_options(parsed.options, fmt)
+        bounds = self.settings.reply_limits
+        if self.models is not None:
+            check_reply_size(parsed, options, fmt, self.models.model(name), bounds)
+        max_reply = bounds.tensor_bound(fmt)
         client = self.pool.client()
         if streaming:
             self._stream(req, resp, parsed, name, options)
             return
-        ids = [
-            client.submit(text, model=name, options=options, timeout=self.settings.timeout)
-            for text in parsed.sequences
-        ]
-        outcomes = client.wait(ids, self.settings.timeout, stop_if=client_gone_check(req.env))
-        payloads = []
-        for index, request_id in enumerate(ids):
-            outcome = outcomes[request_id]
-            if isinstance(outcome, IntgradsError):
-                if parsed.batch and outcome.field in (None, "sequence"):
-                    outcome.field = f"sequences[{index}]"
-                raise outcome
-            payloads.append(outcome)
+        timeout = self.settings.timeout
+        if parsed.batch:
+            ids = client.submit_batch(parsed.sequences, model=name, options=options, timeout=timeout,
+                                      max_reply=max_reply)
+        else:
+            ids = [client.submit(parsed.sequences[0], model=name, options=options, timeout=timeout,
+                                 max_reply=max_reply)]
+        outcomes = client.wait(ids, timeout, stop_if=client_gone_check(req.env))
+        failure = first_failure([outcomes[rid] for rid in ids], parsed.batch)
+        if failure is not None:
+            raise failure
+        payloads = [outcomes[rid] for rid in ids]
         req.context.compute_seconds = [
             p.meta.get("timings", {}).get("compute_seconds", 0.0) for p in payloads
         ]
         # Standard Server-Timing: lets a client split its wait into the model's
         # compute and everything else (queueing, transfers, encoding).
         resp.set_header("Server-Timing", f"compute;dur={1000 * sum(req.context.compute_seconds):.1f}")
-        body = encode(payloads, fmt, batch=parsed.batch)
-        resp.data = body.body
-        resp.content_type = body.media_type
-        if body.filename:
-            resp.set_header("Content-Disposition", f'attachment; filename="{body.filename}"')
-
+        respond(resp, encode(payloads, fmt, batch=parsed.batch, limits=bounds))
 
     def _stream(self, req: falcon.Request, resp: falcon.Response, parsed: Any, name: str | None,
                 options: dict[str, Any]) -> None:
@@ -75,15 +123,68 @@ class AttributionResource:
             raise BadRequest("an event stream carries one text: send 'sequence', not 'sequences'",
                              field="sequences")
         client = self.pool.client()
+        bounds = self.settings.reply_limits
 
         def submit() -> str:
             return client.submit(parsed.sequences[0], model=name, options=options,
-                                 timeout=self.settings.timeout, progress=True)
+                                 timeout=self.settings.timeout, progress=True, max_reply=bounds.tensor_bound("json"))
 
         resp.content_type = sse.MEDIA_TYPE
         resp.set_header("Cache-Control", "no-cache")
         resp.set_header("X-Accel-Buffering", "no")  # nginx: pass events on as they come
-        resp.stream = sse.stream_attribution(client, submit, self.settings.timeout, client_gone_check(req.env))
+        resp.stream = sse.stream_attribution(client, submit, self.settings.timeout, client_gone_check(req.env),
+                                             limits=bounds)
+
+
+def respond(resp: falcon.Response, encoded: EncodedBody) -> None:
+    """Send ``encoded`` as the response body, streamed (with its length when known)."""
+    resp.content_type = encoded.media_type
+    if encoded.filename:
+        resp.set_header("Content-Disposition", f'attachment; filename="{encoded.filename}"')
+    if encoded.length is not None:
+        resp.content_length = encoded.length
+    resp.stream = encoded.chunks()
+
+
+def first_failure(outcomes: list[Any], batch: bool) -> IntgradsError | None:
+    """The error to answer with, if any text failed: the first one that is
+    not the cancellation of a sibling (which the failure itself caused),
+    named ``sequences[i]`` in a batch unless it refused the whole batch."""
+    failed = [(index, outcome) for index, outcome in enumerate(outcomes) if isinstance(outcome, IntgradsError)]
+    if not failed:
+        return None
+    index, error = next(((i, e) for i, e in failed if e.code != "cancelled"), failed[0])
+    if batch and not refused_whole_batch(error) and error.field in (None, "sequence"):
+        error.field = f"sequences[{index}]"
+    return error
+
+
+def check_reply_size(parsed: ParsedRequest, options: dict[str, Any], fmt: str, model: dict[str, Any] | None,
+                     bounds: ReplyLimits) -> None:
+    """413 before anything is computed when the replies would certainly pass
+    a bound: their size from below (each word of a text is at least one
+    token; the hidden size is the model's, as its workers describe it)."""
+    fields = options.get("fields") or ()
+    if not fields or model is None:
+        return
+    description = model.get("description") or model.get("model") or {}
+    defaults, limits = model.get("defaults") or {}, model.get("limits") or {}
+    hidden = description.get("hidden")
+    length = options.get("max_length", defaults.get("max_length"))
+    caps = [c for c in (length, limits.get("max_length"), description.get("max_positions")) if _positive(c)]
+    if not _positive(hidden) or not caps:
+        return
+    steps = options.get("n_steps", defaults.get("n_steps", 1))
+    at_least = min_tensor_bytes(parsed.sequences, fields=fields, n_steps=steps, hidden=hidden,
+                                max_tokens=min(caps))
+    if fmt == "json" and bounds.max_json_tensors is not None and at_least > bounds.max_json_tensors:
+        raise json_too_large(at_least, bounds.max_json_tensors, binary_size=None, exact=False)
+    if bounds.max_reply is not None and at_least > bounds.max_reply:
+        raise reply_too_large(at_least, bounds.max_reply, exact=False)
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def request_options(options: Any, fmt: str) -> dict[str, Any]:
@@ -106,6 +207,7 @@ class ModelsResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         status = self.pool.client().status(timeout=self.settings.status_timeout)
+        max_sequences = batch_limit(self.settings.limits.max_sequences, status)
         models = []
         for model_name, model in status.get("models", {}).items():
             described = model.get("model", {})
@@ -116,7 +218,7 @@ class ModelsResource:
                 "idle": model.get("idle", 0),
                 "queued": model.get("queued", 0),
                 "defaults": model.get("defaults", {}),
-                "limits": model.get("limits", {}),
+                "limits": {**model.get("limits", {}), "max_sequences": max_sequences},
                 "dtype": model.get("dtype"),
                 "architecture": described.get("architecture"),
                 "hidden_size": described.get("hidden"),
@@ -128,9 +230,19 @@ class ModelsResource:
             "formats": {name: f.media_type for name, f in FORMATS.items()},
             # What POST /model/ (the default model) accepts; each model's own are above.
             "limits": {**limits_in_status(status, None, self.settings.limits).to_dict(),
+                       "max_sequences": max_sequences,
                        "max_body_bytes": self.settings.max_body_bytes,
+                       "max_reply_bytes": self.settings.max_reply_bytes,
+                       "max_json_tensor_bytes": self.settings.max_json_tensor_bytes,
                        "timeout_seconds": self.settings.timeout},
         }
+
+
+def batch_limit(max_sequences: int, status: dict[str, Any]) -> int:
+    """The most texts one request may carry: the frontend's limit, but no more
+    than the broker's queue bound (a batch is queued whole, or refused)."""
+    bound = status.get("queue_bound")
+    return min(max_sequences, bound) if _positive(bound) else max_sequences
 
 
 class HealthResource:

@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from intgrads_zmq.encoding.reply_size import (
+    DEFAULT_MAX_JSON_TENSORS,
+    DEFAULT_MAX_REPLY,
+    ReplyLimits,
+)
 from intgrads_zmq.options import Limits
 from intgrads_zmq.service.endpoints import BROKER_ENV, default_client_endpoint, prepare_private
 from intgrads_zmq.service.security import (
@@ -16,6 +21,7 @@ from intgrads_zmq.service.security import (
     curve_needed,
     env_flag,
 )
+from intgrads_zmq.sizes import parse_bytes
 
 
 def _env_float(name: str, default: float) -> float:
@@ -26,6 +32,12 @@ def _env_float(name: str, default: float) -> float:
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
     return int(value) if value else default
+
+
+def _env_bytes(name: str, default: int) -> int:
+    """A byte count: '1GiB', '512MiB' or a plain number."""
+    value = os.environ.get(name)
+    return parse_bytes(value) if value else default
 
 
 @dataclass(frozen=True)
@@ -45,6 +57,15 @@ class FrontendSettings:
     # (INTGRADS_SERVER_KEY / INTGRADS_CLIENT_KEY); require_curve: refuse plain TCP.
     curve: CurveClient | None = None
     require_curve: bool = False
+    # Reply bodies (413 above; see intgrads_zmq/encoding/reply_size.py): any
+    # reply (INTGRADS_MAX_REPLY), and the tensor data a JSON reply may carry
+    # (INTGRADS_MAX_JSON_TENSORS).
+    max_reply_bytes: int = DEFAULT_MAX_REPLY
+    max_json_tensor_bytes: int = DEFAULT_MAX_JSON_TENSORS
+
+    @property
+    def reply_limits(self) -> ReplyLimits:
+        return ReplyLimits(self.max_reply_bytes, self.max_json_tensor_bytes)
 
     @classmethod
     def from_env(cls) -> FrontendSettings:
@@ -77,6 +98,8 @@ class FrontendSettings:
             max_body_bytes=_env_int("INTGRADS_MAX_BODY", 1 << 20),
             body_timeout=_env_float("INTGRADS_BODY_TIMEOUT", 30.0),
             connect_wait=_env_float("INTGRADS_CONNECT_WAIT", 1.0),
+            max_reply_bytes=_env_bytes("INTGRADS_MAX_REPLY", DEFAULT_MAX_REPLY),
+            max_json_tensor_bytes=_env_bytes("INTGRADS_MAX_JSON_TENSORS", DEFAULT_MAX_JSON_TENSORS),
             limits=Limits(
                 max_steps=_env_int("INTGRADS_MAX_STEPS", Limits.max_steps),
                 max_length=_env_int("INTGRADS_MAX_LENGTH", Limits.max_length),

@@ -7,6 +7,10 @@ One request, streamed as it goes::
     event: result     data: <the JSON reply, as ?format=json gives it>
  or event: error      data: <the JSON error body, plus "status">
 
+The result is written as it is encoded (compact JSON holds no newline, so
+it is one ``data:`` line however long), within the same bounds as a plain
+JSON reply (a 413 comes as an error event).
+
 The generator runs in the gunicorn thread that took the request (it is the
 response body), so it uses that thread's own broker client, like any handler.
 If the client goes away, the write fails and the generator is closed, or the
@@ -22,7 +26,7 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
-from intgrads_zmq.encoding import encode
+from intgrads_zmq.encoding import ReplyLimits, encode
 from intgrads_zmq.errors import DeadlineExceeded, IntgradsError
 from intgrads_zmq.service import protocol as p
 from intgrads_zmq.service.broker_client import DEADLINE_MARGIN, BrokerClient
@@ -64,9 +68,11 @@ def error_event(error: IntgradsError) -> bytes:
 
 
 def stream_attribution(client: BrokerClient, submit: Callable[[], str], timeout: float,
-                       client_gone: Callable[[], bool] | None) -> Iterator[bytes]:
+                       client_gone: Callable[[], bool] | None, *,
+                       limits: ReplyLimits | None = None) -> Iterator[bytes]:
     """Run one request (``submit()`` sends it with progress on; returns its id)
-    and yield its events; cancels it if the stream is abandoned."""
+    and yield its events; cancels it if the stream is abandoned. ``limits``
+    bound the result, as for a JSON reply."""
     try:
         request_id = submit()
     except IntgradsError as exc:
@@ -74,14 +80,14 @@ def stream_attribution(client: BrokerClient, submit: Callable[[], str], timeout:
         return
     finished = False
     try:
-        finished = yield from _events(client, request_id, timeout, client_gone)
+        finished = yield from _events(client, request_id, timeout, client_gone, limits)
     finally:
         if not finished:  # closed by the server (the client went away) or gone: stop the work
             client.cancel([request_id])
 
 
 def _events(client: BrokerClient, request_id: str, timeout: float,
-            client_gone: Callable[[], bool] | None) -> Generator[bytes, None, bool]:
+            client_gone: Callable[[], bool] | None, limits: ReplyLimits | None) -> Generator[bytes, None, bool]:
     """The request's events; returns False if the client went away first."""
     updates: list[p.Progress] = []
     deadline = time.monotonic() + timeout + DEADLINE_MARGIN
@@ -93,7 +99,7 @@ def _events(client: BrokerClient, request_id: str, timeout: float,
             quiet_since = time.monotonic()
         updates.clear()
         if request_id in answers:
-            yield _final(answers[request_id])
+            yield from _final(answers[request_id], limits)
             return True
         if time.monotonic() > deadline:
             yield error_event(DeadlineExceeded("no answer from the broker before the deadline"))
@@ -105,7 +111,16 @@ def _events(client: BrokerClient, request_id: str, timeout: float,
             yield b": still working\n\n"
 
 
-def _final(outcome: Any) -> bytes:
+def _final(outcome: Any, limits: ReplyLimits | None) -> Iterator[bytes]:
+    """The last event: the error, or the JSON result streamed as one ``data:`` line."""
     if isinstance(outcome, IntgradsError):
-        return error_event(outcome)
-    return event("result", encode([outcome], "json", batch=False).body)
+        yield error_event(outcome)
+        return
+    try:
+        encoded = encode([outcome], "json", batch=False, limits=limits)
+    except IntgradsError as exc:
+        yield error_event(exc)
+        return
+    yield b"event: result\ndata: "
+    yield from encoded.chunks()
+    yield b"\n\n"

@@ -12,6 +12,7 @@ from intgrads_zmq.encoding.formats import (
     encode,
     negotiate,
 )
+from intgrads_zmq.encoding.reply_size import ReplyLimits
 from intgrads_zmq.encoding.safetensors_format import write_safetensors
 from intgrads_zmq.encoding.torchsave import write_torch_save
 
@@ -20,6 +21,7 @@ __all__ = [
     "FORMATS",
     "EncodedBody",
     "Format",
+    "ReplyLimits",
     "encode",
     "negotiate",
     "write_safetensors",

@@ -9,15 +9,16 @@ the ones :mod:`intgrads_zmq.encoding` re-exports.
 
 from __future__ import annotations
 
-import json
 import math
-import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from intgrads_zmq.encoding.gzip_stream import gzip_chunks
-from intgrads_zmq.encoding.safetensors_format import write_safetensors
+from intgrads_zmq.encoding.chunks import Buffer, rechunk, total_length
+from intgrads_zmq.encoding.gzip_stream import plan_gzip
+from intgrads_zmq.encoding.json_stream import dumps, finite, tensor_json
+from intgrads_zmq.encoding.reply_size import ReplyLimits, json_too_large, reply_too_large
+from intgrads_zmq.encoding.safetensors_format import safetensors_parts
 from intgrads_zmq.encoding.torchsave import torch_save_chunks
 from intgrads_zmq.errors import BadRequest
 from intgrads_zmq.options import TENSOR_FIELDS
@@ -56,11 +57,27 @@ _WILDCARDS = frozenset({"*/*", "application/*"})
 
 @dataclass(frozen=True, slots=True)
 class EncodedBody:
-    """An HTTP response body with the headers that describe it."""
+    """A response body, ready to stream, with the headers that describe it.
 
-    body: bytes
+    ``length`` is the body's exact size when it is known before the first byte
+    (torch, safetensors) and None for JSON, whose text is made as it is sent.
+    :meth:`chunks` produces the body as bytes of about 512 KiB, copied from
+    the tensor frames just before they are written (a reply of hundreds of
+    MB is never joined); :attr:`body` joins them, for small replies and tests.
+    """
+
     media_type: str
     filename: str | None
+    length: int | None
+    tensor_bytes: int  # the raw tensor data it carries
+    _pieces: Callable[[], Iterable[Buffer]]
+
+    def chunks(self) -> Iterator[bytes]:
+        return rechunk(self._pieces())
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self.chunks())
 
 
 def negotiate(query_format: str | None, accept_header: str | None) -> str:
@@ -118,26 +135,42 @@ def _parse_accept(header: str) -> list[tuple[str, float]]:
     return ranges
 
 
-def encode(payloads: Sequence[AttributionPayload], fmt: str, *, batch: bool) -> EncodedBody:
+def encode(payloads: Sequence[AttributionPayload], fmt: str, *, batch: bool,
+           limits: ReplyLimits | None = None) -> EncodedBody:
     """Encode results as ``fmt``; ``batch`` wraps them as ``{"results": [...]}``.
 
-    A non-batch body holds exactly one payload, keyed like the original server's.
+    A non-batch body holds exactly one payload, keyed like the original
+    server's. ``limits`` are checked here, before a byte is produced:
+    :class:`~intgrads_zmq.errors.PayloadTooLarge` (413) names the size.
     """
     spec = FORMATS.get(fmt)
     if spec is None:
         raise ValueError(f"unknown format {fmt!r}")
     if not batch and len(payloads) != 1:
         raise ValueError(f"a single-result body needs exactly one payload, got {len(payloads)}")
+    limits = limits or ReplyLimits()
+    tensor_bytes = sum(t.nbytes for payload in payloads for t in payload.tensors.values())
+    if fmt != "json" and limits.max_reply is not None and tensor_bytes > limits.max_reply:
+        raise reply_too_large(tensor_bytes, limits.max_reply, exact=False)  # before any checksum
+    pieces: Callable[[], Iterable[Buffer]]
     if fmt == "torch":
         dicts = [_torch_dict(p) for p in payloads]
-        body = gzip_chunks(torch_save_chunks({"results": dicts} if batch else dicts[0]))
+        plan = plan_gzip(torch_save_chunks({"results": dicts} if batch else dicts[0]))
+        length: int | None = plan.length
+        pieces = plan.pieces
     elif fmt == "json":
-        objects = [_json_object(p) for p in payloads]
-        text = ('{"results":[' + ",".join(objects) + "]}") if batch else objects[0]
-        body = text.encode("utf-8")
+        if limits.max_json_tensors is not None and tensor_bytes > limits.max_json_tensors:
+            binary = total_length(_safetensors_parts(payloads, batch))
+            raise json_too_large(tensor_bytes, limits.max_json_tensors, binary_size=binary, exact=True)
+        length = None
+        pieces = lambda: _encoded(_json_pieces(payloads, batch))  # noqa: E731
     else:
-        body = _safetensors_body(payloads, batch)
-    return EncodedBody(body=body, media_type=spec.media_type, filename=spec.filename)
+        parts = _safetensors_parts(payloads, batch)
+        length = total_length(parts)
+        pieces = lambda: parts  # noqa: E731
+    if length is not None and limits.max_reply is not None and length > limits.max_reply:
+        raise reply_too_large(length, limits.max_reply, exact=True)
+    return EncodedBody(spec.media_type, spec.filename, length, tensor_bytes, pieces)
 
 
 # --- torch -----------------------------------------------------------------
@@ -173,57 +206,53 @@ def _torch_dict(payload: AttributionPayload) -> dict[str, Any]:
 
 # --- json ------------------------------------------------------------------
 
-_NON_FINITE = re.compile(r"NaN|-?Infinity")
+
+def _json_pieces(payloads: Sequence[AttributionPayload], batch: bool) -> Iterator[str]:
+    if not batch:
+        yield from _json_object(payloads[0])
+        return
+    yield '{"results":['
+    for index, payload in enumerate(payloads):
+        if index:
+            yield ","
+        yield from _json_object(payload)
+    yield "]}"
 
 
-def _json_object(payload: AttributionPayload) -> str:
+def _json_object(payload: AttributionPayload) -> Iterator[str]:
     """All of meta plus a ``tensors`` object, as compact strict JSON text.
 
-    Tensor data is dumped on its own so non-finite floats can be turned into
-    null with one regex pass (a number list holds no strings to corrupt)
-    instead of walking millions of Python floats.
+    Tensor data is written on its own, a block at a time (see json_stream),
+    so non-finite floats become null with one regex pass per block (a
+    number list holds no strings to corrupt) and no call runs for long.
     """
     meta = {k: v for k, v in payload.meta.items() if k != "tensors"}
-    head = _dumps(_finite(meta))
-    parts = []
-    for name, tensor in _ordered_tensors(payload).items():
-        data = json.dumps(tensor.tolist(), separators=(",", ":"))
-        if tensor.dtype.startswith("float"):
-            data = _NON_FINITE.sub("null", data)
-        parts.append(
-            f'{_dumps(name)}:{{"dtype":{_dumps(tensor.dtype)},'
-            f'"shape":{_dumps(list(tensor.shape))},"data":{data}}}'
+    head = dumps(finite(meta))
+    yield head[:-1] + ("," if meta else "") + '"tensors":{'
+    for index, (name, tensor) in enumerate(_ordered_tensors(payload).items()):
+        yield ("," if index else "") + (
+            f'{dumps(name)}:{{"dtype":{dumps(tensor.dtype)},"shape":{dumps(list(tensor.shape))},"data":'
         )
-    return head[:-1] + ("," if meta else "") + '"tensors":{' + ",".join(parts) + "}}"
+        yield from tensor_json(tensor)
+        yield "}"
+    yield "}}"
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, allow_nan=False, separators=(",", ":"))
-
-
-def _finite(value: Any) -> Any:
-    """The same JSON value with NaN and infinities replaced by None."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+def _encoded(texts: Iterable[str]) -> Iterator[bytes]:
+    for text in texts:
+        yield text.encode("utf-8")
 
 
 # --- safetensors -------------------------------------------------------------
 
 
-def _safetensors_body(payloads: Sequence[AttributionPayload], batch: bool) -> bytes:
+def _safetensors_parts(payloads: Sequence[AttributionPayload], batch: bool) -> list[Buffer]:
     """Tensors as-is (``"<i>."``-prefixed in a batch); meta as JSON in ``intgrads``."""
     if not batch:
         (payload,) = payloads
-        meta_text = _dumps(_finite(payload.meta))
-        return write_safetensors(_ordered_tensors(payload), {"intgrads": meta_text})
+        return safetensors_parts(_ordered_tensors(payload), {"intgrads": dumps(finite(payload.meta))})
     tensors: dict[str, RawTensor] = {}
     for index, payload in enumerate(payloads):
         for name, tensor in _ordered_tensors(payload).items():
             tensors[f"{index}.{name}"] = tensor
-    meta_text = _dumps([_finite(p.meta) for p in payloads])
-    return write_safetensors(tensors, {"intgrads": meta_text})
+    return safetensors_parts(tensors, {"intgrads": dumps([finite(p.meta) for p in payloads])})

@@ -13,7 +13,7 @@ import struct
 
 from intgrads_zmq.payload import RawTensor
 
-__all__ = ["SAFETENSORS_DTYPES", "write_safetensors"]
+__all__ = ["SAFETENSORS_DTYPES", "safetensors_parts", "write_safetensors"]
 
 SAFETENSORS_DTYPES: dict[str, str] = {
     "float32": "F32",
@@ -27,7 +27,13 @@ SAFETENSORS_DTYPES: dict[str, str] = {
 
 
 def write_safetensors(tensors: dict[str, RawTensor], metadata: dict[str, str]) -> bytes:
-    """Serialize ``tensors`` with string ``metadata`` (omitted when empty).
+    """Serialize ``tensors`` with string ``metadata`` (omitted when empty), as one bytes object."""
+    return b"".join(safetensors_parts(tensors, metadata))
+
+
+def safetensors_parts(tensors: dict[str, RawTensor], metadata: dict[str, str]) -> list[bytes | memoryview]:
+    """The file as buffers in order: the length, the header, then each tensor's
+    data, referenced rather than copied (a reply is streamed from these).
 
     Data is laid out widest item size first, so every tensor starts aligned to
     its own item size (the header is padded to 8) and readers may view it
@@ -60,4 +66,4 @@ def write_safetensors(tensors: dict[str, RawTensor], metadata: dict[str, str]) -
     text += b" " * (-len(text) % 8)
     parts: list[bytes | memoryview] = [struct.pack("<Q", len(text)), text]
     parts.extend(memoryview(tensors[name].data).cast("B") for name in order)
-    return b"".join(parts)
+    return parts

@@ -32,6 +32,16 @@ it keeps:
   way. Unknown names are answered 404.
 * Jobs (JOB_SUBMIT) are requests whose answer goes to the :class:`JobStore`,
   bounded in age and bytes; any frontend holding the job id may read it.
+* A BATCH (the texts of one HTTP request) is admitted whole or refused at
+  once: 400 when it holds more texts than the queue bound (it could never
+  wait whole), 503 + Retry-After when it does not fit now; nothing of a
+  refused batch is queued or computed. When one of its texts fails, its
+  siblings still queued or running are cancelled (their work is wasted
+  anyway: the client gets the failure).
+* A reply carrying more tensor bytes than its request's ``max_reply`` is not
+  relayed: the client gets 413 instead. Replies are relayed as the frames
+  that arrived (received without copying, sent by reference): a big reply
+  costs the broker its own size once, while it passes.
 * Messages that break the protocol are logged and dropped; peers are never
   trusted to be well-formed. Connections libzmq refuses on its own (a failed
   CURVE handshake, a message over MAXMSGSIZE) are logged from socket monitors.
@@ -55,6 +65,7 @@ from ..errors import (
     DeadlineExceeded,
     IntgradsError,
     NoWorkers,
+    PayloadTooLarge,
     QueueFull,
     ShuttingDown,
     UnknownModel,
@@ -64,7 +75,7 @@ from ..errors import (
 from . import protocol as p
 from .endpoints import DEFAULT_CLIENT_ENDPOINT, DEFAULT_WORKER_ENDPOINT, ipc_in_use, prepare_private
 from .job_store import JobStore
-from .model_service import ModelService, Pending
+from .model_service import BatchGroup, ModelService, Pending
 from .peers import PeerLog, SocketWatch
 from .processes import WorkerExit
 from .security import FRONTENDS_DOMAIN, WORKERS_DOMAIN, CurveServer, curve_needed
@@ -420,6 +431,8 @@ class Broker:
                               + [self.status().to_json()])
         elif command == p.Command.REQUEST:
             self._accept(client, message)
+        elif command == p.Command.BATCH:
+            self._accept_batch(client, message)
         elif command == p.Command.CANCEL:
             pending = self._find(client, message.request_id or "")
             if pending is not None:
@@ -466,6 +479,54 @@ class Broker:
             self._report_positions(service)
         self.dispatch()
         return pending
+
+    def _accept_batch(self, client: bytes, message: p.Message) -> None:
+        """Queue every text of a BATCH, or none: a refusal is one ERROR under
+        the batch id, sent before anything is queued."""
+        batch_id = message.request_id or ""
+        try:
+            body = p.BatchBody.from_json(message.body[0])
+            if len(p.batch_member_id(batch_id, len(body.sequences) - 1)) > p.MAX_REQUEST_ID_BYTES:
+                raise p.ProtocolError("batch id too long for its texts' request ids")
+        except p.ProtocolError as exc:
+            self._count("protocol_errors")
+            self._peer_log(logging.WARNING, "refused a malformed batch %r from client %r: %s",
+                           batch_id, client[:16], exc)
+            self._reply_error(client, batch_id, BadRequest(f"malformed batch: {exc}"))
+            return
+        try:
+            service = self._route(body.model)
+            self._admit(service, len(body.sequences))
+        except IntgradsError as exc:
+            self._count("batches_refused")
+            self._reply_error(client, batch_id, exc)
+            return
+        now = time.monotonic()
+        deadline = now + min(body.timeout or self.settings.default_timeout, self.settings.max_timeout)
+        group = BatchGroup(batch_id)
+        for index in range(len(body.sequences)):
+            pending = Pending(p.batch_member_id(batch_id, index), client, body.member(index), service.name,
+                              deadline, now, group=group, index=index)
+            group.members.append(pending)
+            service.enqueue(pending)
+        self._count("batches_accepted")
+        self.counters["requests_accepted"] = self.counters.get("requests_accepted", 0) + len(group.members)
+        self.dispatch()
+
+    def _admit(self, service: ModelService, texts: int) -> None:
+        """Raise unless ``texts`` requests may join ``service``'s queue now, all together."""
+        bound = self.settings.queue_bound
+        if texts > bound:
+            raise BadRequest(
+                f"a batch of {texts} texts can never be admitted: model '{service.name}' queues at most "
+                f"{bound} requests (the broker's --queue-bound) and a batch is queued whole; send at most "
+                f"{bound} texts per request", field="sequences")
+        room = service.room(bound)
+        if texts > room:
+            raise QueueFull(
+                f"model '{service.name}' has {len(service.queue)} requests waiting (bound {bound}) and "
+                f"{len(service.idle)} idle workers: a batch of {texts} texts does not fit now; nothing of it "
+                "was queued or computed, try again shortly", retry_after=self.settings.retry_after)
 
     # -- draining -----------------------------------------------------------------
     def _drain_command(self, client: bytes, message: p.Message) -> None:
@@ -687,11 +748,20 @@ class Broker:
             self._answer(pending, p.Command.ERROR, [p.dumps(error.to_dict())], "error", error)
             return
         try:
-            p.parse_reply(message.body)
+            payload = p.parse_reply(message.body)
         except p.ProtocolError as exc:
             self._count("protocol_errors")
             self._peer_log(logging.WARNING, "worker %s sent a malformed reply: %s", record.name, exc)
             self._answer_error(pending, IntgradsError(f"worker {record.name} sent a malformed reply"))
+            return
+        size = sum(tensor.nbytes for tensor in payload.tensors.values())
+        limit = pending.body.max_reply
+        if limit is not None and size > limit:
+            self._count("replies_too_large")
+            self._answer_error(pending, PayloadTooLarge(
+                f"the reply holds {size:,} bytes of tensors, more than the {limit:,} bytes the client takes "
+                "(INTGRADS_MAX_REPLY, or INTGRADS_MAX_JSON_TENSORS for JSON); ask for fewer 'fields', "
+                "fewer 'n_steps' or a smaller 'max_length'", field="fields"))
             return
         self._answer(pending, p.Command.REPLY, list(message.body), "ok")
 
@@ -767,10 +837,25 @@ class Broker:
         pending.answered = True
         self._count(f"answered_{outcome}")
         if pending.job is not None:
-            frames = [frame.bytes if isinstance(frame, zmq.Frame) else bytes(frame) for frame in body]
-            self.jobs.finish(pending.job.job_id, command, frames, error, time.monotonic())
+            # Kept as received: a zmq.Frame is sent again by reference, never copied.
+            self.jobs.finish(pending.job.job_id, command, list(body), error, time.monotonic())
             return
         self._send_client(pending.client, p.envelope(p.CLIENT, command, pending.request_id) + body)
+        if error is not None and pending.group is not None:
+            self._cancel_siblings(pending, error)
+
+    def _cancel_siblings(self, failed: Pending, error: IntgradsError) -> None:
+        """One text of a batch failed: the client gets that failure, so the
+        others' work would be thrown away; stop it (once per batch)."""
+        group = failed.group
+        if group is None or group.failed:
+            return
+        group.failed = True
+        why = Cancelled(f"cancelled because sequences[{failed.index}] of the same request failed ({error.code})")
+        for sibling in group.members:
+            if not sibling.answered:
+                self._count("batch_siblings_cancelled")
+                self.cancel(sibling, why)
 
     def _answer_error(self, pending: Pending, error: IntgradsError) -> None:
         if pending.answered:
@@ -821,6 +906,7 @@ class Broker:
             counters=dict(self.counters),
             stopping=self.stopping,
             jobs=self.jobs.stats(),
+            queue_bound=self.settings.queue_bound,
         )
 
     # -- registration refused ------------------------------------------------------

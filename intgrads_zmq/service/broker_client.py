@@ -12,7 +12,10 @@ It never hangs:
   broker's own deadline answer to arrive).
 
 Replies are matched by request id; anything else arriving on the socket (a
-reply to an earlier request that was already given up on) is dropped.
+reply to an earlier request that was already given up on) is dropped. The
+texts of a batch (:meth:`BrokerClient.submit_batch`) are answered one by
+one under their own ids; a refusal of the whole batch arrives once, under
+the batch id, and answers each of its texts that is waited for.
 
 A waiter may pass ``on_progress`` (PROGRESS messages of the requests it
 waits for) and ``stop_if`` (checked every :data:`CHECK_EVERY` seconds: when
@@ -39,6 +42,12 @@ DEADLINE_MARGIN = 5.0  # seconds to wait past a deadline for the broker's answer
 CHECK_EVERY = 0.1  # seconds between two calls of a waiter's stop_if
 Outcome = AttributionPayload | IntgradsError
 ProgressCallback = Callable[[str, p.Progress], None]
+
+
+def refused_whole_batch(error: IntgradsError) -> bool:
+    """Whether ``error`` refused a whole batch (it answers each of its texts)
+    rather than being one text's own failure."""
+    return getattr(error, "whole_batch", False) is True
 
 
 class BrokerClient:
@@ -89,13 +98,24 @@ class BrokerClient:
             raise BrokerUnavailable(f"cannot reach the broker at {self.endpoint}", retry_after=1.0) from None
 
     def submit(self, sequence: str, *, model: str | None = None, options: dict[str, Any] | None = None,
-               timeout: float = 600.0, progress: bool = False) -> str:
+               timeout: float = 600.0, progress: bool = False, max_reply: int | None = None) -> str:
         """Send one request; returns its id (collect it with :meth:`wait`).
-        ``progress``: the broker sends PROGRESS messages for it."""
+        ``progress``: the broker sends PROGRESS messages for it. ``max_reply``:
+        the most tensor bytes to accept (a bigger reply is answered 413)."""
         request_id = p.new_request_id()
-        body = p.RequestBody(model, sequence, options or {}, timeout, progress)
+        body = p.RequestBody(model, sequence, options or {}, timeout, progress, max_reply)
         self._send(p.request_frames(p.CLIENT, request_id, body))
         return request_id
+
+    def submit_batch(self, sequences: list[str] | tuple[str, ...], *, model: str | None = None,
+                     options: dict[str, Any] | None = None, timeout: float = 600.0,
+                     max_reply: int | None = None) -> list[str]:
+        """Send several texts as one batch, admitted whole or refused whole;
+        returns one request id per text (collect them with :meth:`wait`)."""
+        batch_id = p.new_request_id()
+        body = p.BatchBody(model, tuple(sequences), options or {}, timeout, max_reply)
+        self._send(p.batch_frames(batch_id, body))
+        return [p.batch_member_id(batch_id, index) for index in range(len(sequences))]
 
     def cancel(self, request_ids: list[str]) -> None:
         """Cancel this client's requests (a no-op for answered or unknown ids)."""
@@ -107,9 +127,9 @@ class BrokerClient:
 
     # -- jobs ---------------------------------------------------------------
     def submit_job(self, sequence: str, *, model: str | None = None, options: dict[str, Any] | None = None,
-                   timeout: float = 600.0, wait: float = 5.0) -> dict[str, Any]:
+                   timeout: float = 600.0, wait: float = 5.0, max_reply: int | None = None) -> dict[str, Any]:
         """Make a job; returns its state (``job_id`` included) or raises the refusal."""
-        body = p.RequestBody(model, sequence, options or {}, timeout)
+        body = p.RequestBody(model, sequence, options or {}, timeout, max_reply=max_reply)
         return self._job_call(p.request_frames(p.CLIENT, p.new_request_id(), body), wait)
 
     def job_status(self, job_id: str, *, wait: float = 5.0) -> dict[str, Any]:
@@ -210,6 +230,8 @@ class BrokerClient:
             except p.ProtocolError:
                 self.dropped += 1
                 continue
+            if message.request_id not in wanted and self._batch_refused(message, wanted, results):
+                continue
             if message.request_id not in wanted or message.request_id in results:
                 self.dropped += 1  # a late answer to a request given up on
                 continue
@@ -217,6 +239,20 @@ class BrokerClient:
                 self._progress(message, on_progress)
                 continue
             results[message.request_id] = self._outcome(message)
+
+    def _batch_refused(self, message: p.Message, wanted: set[str], results: dict[str, Outcome]) -> bool:
+        """An ERROR under a batch id answers every text of it still waited for."""
+        if message.command != p.Command.ERROR or message.request_id is None:
+            return False
+        prefix = p.batch_member_id(message.request_id, 0)[:-1]
+        members = [rid for rid in wanted if rid.startswith(prefix) and rid[len(prefix):].isdigit()]
+        if not members:
+            return False
+        error = p.parse_error(message.body)
+        error.whole_batch = True  # type: ignore[attr-defined]  # read by refused_whole_batch()
+        for rid in members:
+            results.setdefault(rid, error)
+        return True
 
     @staticmethod
     def _progress(message: p.Message, on_progress: ProgressCallback | None) -> None:

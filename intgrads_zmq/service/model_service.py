@@ -30,10 +30,22 @@ class Pending:
     died_on: list[str] = field(default_factory=list)
     job: JobRecord | None = None  # a job's answer goes to the job store, not to ``client``
     position: int | None = None  # last queue position reported
+    group: BatchGroup | None = None  # the batch this text belongs to, if any
+    index: int = 0  # its place in the batch
 
     @property
     def wants_progress(self) -> bool:
         return self.body.progress or self.job is not None
+
+
+@dataclass(eq=False)
+class BatchGroup:
+    """The texts of one BATCH: admitted together; when one fails, the others
+    still queued or running are cancelled (``failed`` makes that happen once)."""
+
+    batch_id: str
+    members: list[Pending] = field(default_factory=list)
+    failed: bool = False
 
 
 @dataclass
@@ -111,6 +123,11 @@ class ModelService:
     # -- requests -------------------------------------------------------------
     def full(self, bound: int) -> bool:
         return len(self.queue) >= bound
+
+    def room(self, bound: int) -> int:
+        """How many requests may arrive now without the queue passing ``bound``:
+        the free places in the queue plus the idle workers that take one each."""
+        return max(0, bound - len(self.queue)) + len(self.idle)
 
     def enqueue(self, pending: Pending) -> None:
         self.queue.append(pending)

@@ -6,6 +6,7 @@ peer's identity as the first frame on receive and consumes it on send):
 Frontend (client) <-> broker, header ``CLIENT``::
 
     client -> broker  [CLIENT, REQUEST, request_id, RequestBody]
+    client -> broker  [CLIENT, BATCH, batch_id, BatchBody]        (answered per text: "<batch_id>.<i>")
     client -> broker  [CLIENT, STATUS, request_id]
     client -> broker  [CLIENT, CANCEL, request_id]                (no answer)
     client -> broker  [CLIENT, JOB_SUBMIT, request_id, RequestBody]
@@ -22,6 +23,14 @@ A CANCEL names one of the sender's own requests (a request id is matched
 with the identity that sent it); one for an unknown or answered request is
 a no-op. Jobs are named by a broker-made 128-bit random ``job_id``, which
 is the only way to reach one (JobQuery).
+
+A BATCH carries the texts of one HTTP request and is admitted whole or not
+at all: text ``i`` becomes request :func:`batch_member_id` ``(batch_id, i)``
+and is answered (REPLY or ERROR) under that id, as if sent alone; a batch
+refused as a whole (malformed, unknown model, never or not now fitting the
+queue bound) gets one ERROR under ``batch_id``, which stands for every text.
+When one text fails, the broker cancels those of its siblings still queued
+or running (they are answered ``cancelled``).
 
 Worker <-> broker, header ``WORKER``::
 
@@ -72,6 +81,8 @@ MAX_RETRY_AFTER = 86_400.0
 MAX_MODEL_NAME = 200
 MAX_NAME_BYTES = 200  # a worker's name in its identity; ZeroMQ allows 255 bytes in all
 MAX_TEXT = 2000  # free text a peer reports (a load error, a placement) is cut to this
+MAX_BATCH = 1024  # texts in one BATCH (the frontend allows far fewer; the queue bound decides)
+MAX_REPLY_BYTES = 1 << 53  # a RequestBody's max_reply
 
 
 class Command(bytes, Enum):
@@ -95,6 +106,7 @@ class Command(bytes, Enum):
     JOB_STATE = b"\x10"
     DRAIN = b"\x11"
     DRAIN_REPLY = b"\x12"
+    BATCH = b"\x13"
 
 
 class ProtocolError(ValueError):
@@ -175,7 +187,7 @@ def loads_object(frame: Any) -> dict[str, Any]:
 _WITH_ID = {
     CLIENT: {Command.REQUEST, Command.STATUS, Command.REPLY, Command.ERROR, Command.STATUS_REPLY,
              Command.CANCEL, Command.PROGRESS, Command.JOB_SUBMIT, Command.JOB_STATUS, Command.JOB_RESULT,
-             Command.JOB_CANCEL, Command.JOB_STATE, Command.DRAIN, Command.DRAIN_REPLY},
+             Command.JOB_CANCEL, Command.JOB_STATE, Command.DRAIN, Command.DRAIN_REPLY, Command.BATCH},
     WORKER: {Command.REQUEST, Command.REPLY, Command.ERROR, Command.CANCEL, Command.PROGRESS},
 }
 # Minimum number of body frames (after header, command and id) per command.
@@ -193,6 +205,7 @@ _MIN_BODY = {
     Command.JOB_CANCEL: 1,
     Command.JOB_STATE: 1,
     Command.DRAIN_REPLY: 1,
+    Command.BATCH: 1,
 }
 # Per side: DRAIN carries a DrainTarget from a client; between broker and
 # worker it is bare (broker -> worker: drain; worker -> broker: I am draining).
@@ -266,18 +279,27 @@ def _text(value: Any) -> str | None:
 # -- requests -------------------------------------------------------------
 @dataclass(frozen=True)
 class RequestBody:
-    """A validated request: which model, which text, which options, how long."""
+    """A validated request: which model, which text, which options, how long.
+
+    ``max_reply``: the most bytes of tensor data the client will take (the
+    frontend's reply bounds). A worker may refuse a request whose reply would
+    be larger before computing it; the broker refuses to relay a larger reply
+    (413 either way). Sent only when set, so older peers see the same bytes.
+    """
 
     model: str | None
     sequence: str
     options: dict[str, Any]
     timeout: float | None
     progress: bool = False  # the client wants PROGRESS messages (queue position, steps done)
+    max_reply: int | None = None
 
     def to_json(self) -> bytes:
         body = {"model": self.model, "sequence": self.sequence, "options": self.options, "timeout": self.timeout}
         if self.progress:
             body["progress"] = True
+        if self.max_reply is not None:
+            body["max_reply"] = self.max_reply
         return dumps(body)
 
     @classmethod
@@ -300,7 +322,66 @@ class RequestBody:
         progress = body.get("progress", False)
         if not isinstance(progress, bool):
             raise ProtocolError("'progress' must be true or false")
-        return cls(model, sequence, options, timeout, progress)
+        return cls(model, sequence, options, timeout, progress, _max_reply(body.get("max_reply")))
+
+
+def _max_reply(value: Any) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_REPLY_BYTES:
+        raise ProtocolError(f"'max_reply' must be a whole number of bytes from 0 to {MAX_REPLY_BYTES}")
+    return value
+
+
+@dataclass(frozen=True)
+class BatchBody:
+    """BATCH: several texts with the same options, admitted whole or not at all.
+
+    Text ``i`` is answered as the request ``batch_member_id(batch_id, i)``;
+    :meth:`member` is the RequestBody it stands for.
+    """
+
+    model: str | None
+    sequences: tuple[str, ...]
+    options: dict[str, Any]
+    timeout: float | None
+    max_reply: int | None = None
+
+    def to_json(self) -> bytes:
+        body = {"model": self.model, "sequences": list(self.sequences), "options": self.options,
+                "timeout": self.timeout}
+        if self.max_reply is not None:
+            body["max_reply"] = self.max_reply
+        return dumps(body)
+
+    def member(self, index: int) -> RequestBody:
+        return RequestBody(self.model, self.sequences[index], self.options, self.timeout, False, self.max_reply)
+
+    @classmethod
+    def from_json(cls, frame: Any) -> BatchBody:
+        body = loads_object(frame)
+        sequences = body.get("sequences")
+        if not isinstance(sequences, list) or not 0 < len(sequences) <= MAX_BATCH:
+            raise ProtocolError(f"'sequences' must be a list of 1 to {MAX_BATCH} texts")
+        if not all(isinstance(text, str) for text in sequences):
+            raise ProtocolError("'sequences' must hold strings")
+        # The shared fields are checked exactly as a single request's are.
+        single = RequestBody.from_json(dumps({**{k: v for k, v in body.items() if k != "sequences"},
+                                              "sequence": ""}))
+        if single.progress:
+            raise ProtocolError("a batch carries no progress; send its texts one by one for that")
+        return cls(single.model, tuple(sequences), single.options, single.timeout, single.max_reply)
+
+
+def batch_member_id(batch_id: str, index: int) -> str:
+    """The request id under which text ``index`` of batch ``batch_id`` is answered."""
+    return f"{batch_id}.{index}"
+
+
+def batch_frames(batch_id: str, body: BatchBody) -> list[bytes]:
+    if len(batch_member_id(batch_id, len(body.sequences) - 1)) > MAX_REQUEST_ID_BYTES:
+        raise ValueError("batch id too long for its members' ids")
+    return envelope(CLIENT, Command.BATCH, batch_id) + [body.to_json()]
 
 
 def request_frames(header: bytes, request_id: str, body: RequestBody) -> list[bytes]:
@@ -697,6 +778,8 @@ class BrokerStatus:
     counters: dict[str, int]
     stopping: bool
     jobs: dict[str, Any] = field(default_factory=dict)  # JobStore.stats(): stored, bytes, bounds
+    # Requests that may wait per model (--queue-bound): also the most texts one BATCH may hold.
+    queue_bound: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -706,6 +789,7 @@ class BrokerStatus:
             "counters": dict(self.counters),
             "stopping": self.stopping,
             "jobs": dict(self.jobs),
+            "queue_bound": self.queue_bound,
         }
 
     def to_json(self) -> bytes:

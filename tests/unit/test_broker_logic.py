@@ -18,6 +18,7 @@ import pytest
 import zmq
 
 from intgrads_zmq.errors import (
+    BadRequest,
     Cancelled,
     ComputeFailed,
     DeadlineExceeded,
@@ -25,6 +26,7 @@ from intgrads_zmq.errors import (
     JobGone,
     JobNotFinished,
     NoWorkers,
+    PayloadTooLarge,
     QueueFull,
     UnknownJob,
     UnknownModel,
@@ -34,7 +36,7 @@ from intgrads_zmq.errors import (
 from intgrads_zmq.payload import AttributionPayload, RawTensor
 from intgrads_zmq.service import protocol as p
 from intgrads_zmq.service.broker import Broker, BrokerSettings
-from intgrads_zmq.service.broker_client import BrokerClient
+from intgrads_zmq.service.broker_client import BrokerClient, refused_whole_batch
 from intgrads_zmq.service.processes import EXIT_LOAD_FAILED, WorkerExit
 from intgrads_zmq.testing.stack import wait_until as stack_wait_until
 
@@ -618,3 +620,109 @@ def test_draining_an_unknown_model_or_worker_is_404_and_a_malformed_drain_400(ma
     outcome = stack.outcome(request_id)
     assert isinstance(outcome, IntgradsError) and outcome.status == 400
     assert [w["state"] for w in stack.status()["workers"]] == ["idle"]
+
+
+# -- batches: admitted whole or refused at once (issue 16.3) ----------------------------
+def test_a_batch_bigger_than_the_queue_bound_is_refused_400_before_anything_is_queued(make_broker):
+    stack = make_broker(queue_bound=3)
+    stack.worker()  # idle: even with a free worker, a batch must be able to wait whole
+    ids = stack.client.submit_batch(["a", "b", "c", "d"])
+    outcomes = stack.client.wait(ids, 5.0, margin=0.0)
+    first = outcomes[ids[0]]
+    assert isinstance(first, BadRequest) and first.status == 400 and first.field == "sequences"
+    assert "never" in first.description and "--queue-bound" in first.description
+    assert all(outcomes[rid] is first for rid in ids) and refused_whole_batch(first)
+    status = stack.status()
+    assert status["queue_bound"] == 3
+    assert status["counters"].get("requests_accepted", 0) == 0 and status["counters"]["batches_refused"] == 1
+    assert status["workers"][0]["state"] == "idle" and status["workers"][0]["served"] == 0
+
+
+def test_a_batch_that_does_not_fit_now_gets_503_and_nothing_of_it_is_queued(make_broker):
+    stack = make_broker(queue_bound=3, retry_after=2.0)
+    worker = stack.worker()
+    running = stack.client.submit("running")
+    assert worker.next_request().request_id == running
+    queued = [stack.client.submit("queued") for _ in range(2)]
+    wait_until(lambda: stack.status()["models"]["m"]["queued"] == 2)
+    ids = stack.client.submit_batch(["x", "y"])  # one place left, two texts
+    refusal = stack.client.wait(ids, 5.0, margin=0.0)[ids[0]]
+    assert isinstance(refusal, QueueFull) and refusal.status == 503 and refusal.retry_after == 2.0
+    assert "nothing of it was queued or computed" in refusal.description
+    assert stack.status()["models"]["m"]["queued"] == 2
+    fits = stack.client.submit_batch(["z"])  # one text fits: admitted
+    wait_until(lambda: stack.status()["models"]["m"]["queued"] == 3)
+    for rid in [running, *queued, *fits]:
+        if rid != running:
+            assert worker.next_request().request_id == rid  # in arrival order
+        worker.reply(rid)
+        assert isinstance(stack.outcome(rid), AttributionPayload)
+
+
+def test_a_batch_is_answered_text_by_text_across_workers(make_broker):
+    stack = make_broker(queue_bound=4)
+    first, second = stack.worker(name="m-a"), stack.worker(name="m-b")
+    ids = stack.client.submit_batch(["one", "two", "three", "four"], options={"n_steps": 3})  # 2 run, 2 wait
+    on_first, on_second = first.next_request(), second.next_request()
+    assert {on_first.request_id, on_second.request_id} == set(ids[:2])
+    assert p.RequestBody.from_json(on_first.body[0]).options == {"n_steps": 3}
+    first.reply(on_first.request_id)
+    third = first.next_request()
+    second.reply(on_second.request_id)
+    fourth = second.next_request()
+    assert [third.request_id, fourth.request_id] == ids[2:]  # the queue in order
+    first.reply(third.request_id)
+    second.reply(fourth.request_id)
+    outcomes = stack.client.wait(ids, 5.0, margin=0.0)
+    assert all(isinstance(outcomes[rid], AttributionPayload) for rid in ids)
+    assert stack.status()["counters"]["requests_accepted"] == 4
+
+
+def test_when_one_text_fails_its_running_and_queued_siblings_are_cancelled(make_broker):
+    stack = make_broker()
+    first, second = stack.worker(name="m-a"), stack.worker(name="m-b")
+    ids = stack.client.submit_batch(["slow", "explodes", "waits", "waits too"])
+    on_first, on_second = first.next_request(), second.next_request()
+    running = {on_first.request_id: first, on_second.request_id: second}
+    failing = ids[1]
+    running[failing].fail(failing, ComputeFailed("the model raised"))
+    sibling_worker = first if running[failing] is second else second
+    cancel = sibling_worker.next_message(p.Command.CANCEL)
+    assert cancel.request_id == ids[0]  # the running sibling is told to stop
+    outcomes = stack.client.wait(ids, 5.0, margin=0.0)
+    assert isinstance(outcomes[failing], ComputeFailed)
+    for rid in (ids[0], ids[2], ids[3]):
+        assert isinstance(outcomes[rid], Cancelled) and "sequences[1]" in outcomes[rid].description
+    status = stack.status()
+    assert status["counters"]["batch_siblings_cancelled"] == 3 and status["models"]["m"]["queued"] == 0
+    sibling_worker.fail(ids[0], Cancelled("stopped"))  # its answer frees it; nothing else is sent to anyone
+    wait_until(lambda: all(w["state"] == "idle" for w in stack.status()["workers"]))
+    assert sum(w["served"] for w in stack.status()["workers"]) == 2
+
+
+def test_a_reply_over_the_requests_max_reply_is_answered_413_not_relayed(make_broker):
+    stack = make_broker()
+    worker = stack.worker()
+    rid = stack.client.submit("text", max_reply=3)  # the fake worker's reply holds 4 bytes of tensors
+    worker.reply(worker.next_request().request_id)
+    outcome = stack.outcome(rid)
+    assert isinstance(outcome, PayloadTooLarge) and outcome.status == 413 and "4 bytes" in outcome.description
+    assert stack.status()["counters"]["replies_too_large"] == 1
+    ok = stack.client.submit("text", max_reply=4)
+    worker.reply(worker.next_request().request_id)
+    assert isinstance(stack.outcome(ok), AttributionPayload)
+
+
+def test_batch_refusals_for_an_unknown_model_or_a_malformed_batch_answer_every_text(make_broker):
+    stack = make_broker()
+    stack.worker()
+    ids = stack.client.submit_batch(["a", "b"], model="nope")
+    outcomes = stack.client.wait(ids, 5.0, margin=0.0)
+    assert all(isinstance(o, UnknownModel) for o in outcomes.values())
+    batch_id = ids[0].rsplit(".", 1)[0]
+    for bad in (b"{}", p.dumps({"sequences": []}), p.dumps({"sequences": ["a", 3]}),
+                p.dumps({"sequences": ["a"], "progress": True}), p.dumps({"sequences": ["a"], "max_reply": -1})):
+        stack.client.socket.send_multipart(p.envelope(p.CLIENT, p.Command.BATCH, batch_id) + [bad])
+        refusal = stack.client.wait([p.batch_member_id(batch_id, 0)], 5.0, margin=0.0)
+        assert isinstance(next(iter(refusal.values())), BadRequest)
+    assert stack.status()["counters"]["protocol_errors"] == 5

@@ -62,9 +62,13 @@ class FakeClient:
         self.job_state = "running"
 
     def submit(self, sequence: str, *, model: str | None = None, options: dict[str, Any] | None = None,
-               timeout: float | None = None, progress: bool = False) -> str:
+               timeout: float | None = None, progress: bool = False, max_reply: int | None = None) -> str:
         self.submitted.append((sequence, model, dict(options or {})))
         return f"id-{len(self.submitted)}"
+
+    def submit_batch(self, sequences: list[str], *, model: str | None = None, options: dict[str, Any] | None = None,
+                     timeout: float | None = None, max_reply: int | None = None) -> list[str]:
+        return [self.submit(text, model=model, options=options, timeout=timeout) for text in sequences]
 
     def wait(self, request_ids: list[str], timeout: float, **_watchers: Any) -> dict[str, Any]:
         by_id = {f"id-{i + 1}": options for i, (_, _, options) in enumerate(self.submitted)}

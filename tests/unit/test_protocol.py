@@ -117,7 +117,7 @@ def test_status_keeps_the_keys_frontends_read():
     worker = p.WorkerStatus("w.1", "m", "idle", "cpu", "cores", "host", 3, 0, 1.0)
     status = p.BrokerStatus("m", {"m": model}, [worker], {"answered_ok": 2}, False)
     data = p.BrokerStatus.dict_from_json(status.to_json())
-    assert set(data) == {"default_model", "models", "workers", "counters", "stopping", "jobs"}
+    assert set(data) == {"default_model", "models", "workers", "counters", "stopping", "jobs", "queue_bound"}
     assert set(data["models"]["m"]) == {"workers", "idle", "queued", "labels", "defaults", "limits", "model",
                                         "description", "dtype", "expected", "load_error", "draining"}
     assert data["models"]["m"]["model"] == {"hidden": 8}
