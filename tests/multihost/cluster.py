@@ -17,12 +17,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from intgrads_zmq.service.endpoints import DEFAULT_CLIENT_ENDPOINT, DEFAULT_WORKER_ENDPOINT
+from intgrads_zmq.service.endpoints import TCP_CLIENT_ENDPOINT, TCP_WORKER_ENDPOINT
 from intgrads_zmq.testing.netns import Host, Lab
 from intgrads_zmq.testing.stack import PYTHON, alive, descendants, http, stop_process, wait_until
 
-FRONTEND_PORT = int(DEFAULT_CLIENT_ENDPOINT.rsplit(":", 1)[1])
-BACKEND_PORT = int(DEFAULT_WORKER_ENDPOINT.rsplit(":", 1)[1])
+FRONTEND_PORT = int(TCP_CLIENT_ENDPOINT.rsplit(":", 1)[1])
+BACKEND_PORT = int(TCP_WORKER_ENDPOINT.rsplit(":", 1)[1])
 HTTP_PORT = 8888
 HEARTBEAT = "0.5"  # seconds, broker and workers alike: a silent worker is dropped after 1.5 s
 MODEL = "tiny"
