@@ -40,6 +40,11 @@ sub-interval's size for bisection is its error measured in units of each
 function's own target, so no class is neglected because its logit moves
 less than another's. With one function every quantity is the single-target
 one.
+
+Memory: each sub-interval keeps the weighted sum of its gradients (what the
+integral needs), and its per-node gradients only when the caller keeps them
+(the reply's ``intermediate_gradients``, and the seed's recipe computed from
+them); the model pass splits its weighted sum by sub-interval for this.
 """
 
 from __future__ import annotations
@@ -62,8 +67,9 @@ ERROR_POWER = 1.5
 # is bisected, so starting with two saves its evaluations.
 INITIAL_PIECES = 2
 
-# (alphas, weights) -> the pass over those nodes; gradients must be kept.
-RunNodes = Callable[[np.ndarray, np.ndarray], PathResult]
+# (alphas, weights, groups) -> the pass over those nodes, its weighted sum split
+# by ``groups`` (the sub-interval of each node); per-node gradients optional.
+RunNodes = Callable[[np.ndarray, np.ndarray, np.ndarray], PathResult]
 
 
 @dataclass
@@ -75,7 +81,8 @@ class Piece:
     alphas: np.ndarray  # (2n+1,)
     weights: np.ndarray  # (2n+1,) Kronrod weights scaled to the interval
     values: np.ndarray  # (2n+1, K*T) per-token integrand of each function, float64
-    gradients: torch.Tensor  # (K, 2n+1, T, H) float32, CPU
+    weighted: torch.Tensor  # (K, 1, T, H) float32, CPU: sum over the nodes of w_k g_k
+    gradients: torch.Tensor | None  # (K, 2n+1, T, H) float32, CPU, when the caller keeps them
     kronrod: np.ndarray  # (K*T,)
     error: np.ndarray  # (K*T,) scaled error estimate, >= 0
 
@@ -91,7 +98,8 @@ class AdaptiveResult:
 
     alphas: np.ndarray
     weights: np.ndarray
-    gradients: torch.Tensor  # (K, n, T, H) at ``alphas``
+    weighted: torch.Tensor  # (K, 1, T, H): sum_k w_k g_k over the final nodes
+    gradients: torch.Tensor | None  # (K, n, T, H) at ``alphas``, when kept
     integrand: np.ndarray  # (K, n) summed over tokens
     evaluations: int
     error_estimates: np.ndarray  # (K,) relative error estimate of each function's attributions
@@ -205,7 +213,8 @@ def integrate_adaptive(
     return AdaptiveResult(
         alphas=np.concatenate([p.alphas for p in pieces]),
         weights=np.concatenate([p.weights for p in pieces]),
-        gradients=torch.cat([p.gradients for p in pieces], dim=1),
+        weighted=torch.stack([p.weighted for p in pieces]).sum(0),
+        gradients=None if pieces[0].gradients is None else torch.cat([p.gradients for p in pieces], dim=1),
         integrand=np.concatenate(
             [p.values.reshape(len(p.values), len(deltas), -1).sum(axis=2).T for p in pieces], axis=1
         ),
@@ -226,13 +235,15 @@ def _within(estimates: np.ndarray, gaps: np.ndarray, tolerance: float) -> bool:
 def _evaluate(run_nodes: RunNodes, bounds: list[tuple[float, float]]) -> tuple[list[Piece], PathResult]:
     """One pass through the model for every new sub-interval of a round."""
     rules = [interval_nodes(lo, hi) for lo, hi in bounds]
-    path = run_nodes(np.concatenate([r[0] for r in rules]), np.concatenate([r[1] for r in rules]))
-    assert path.gradients is not None, "the adaptive rule needs the per-node gradients"
+    groups = np.repeat(np.arange(len(bounds)), KRONROD_POINTS)
+    path = run_nodes(np.concatenate([r[0] for r in rules]), np.concatenate([r[1] for r in rules]), groups)
     pieces = []
     for k, ((lo, hi), (alphas, kronrod_w, gauss_w)) in enumerate(zip(bounds, rules, strict=True)):
         rows = slice(k * KRONROD_POINTS, (k + 1) * KRONROD_POINTS)
         # (K, 2n+1, T) -> (2n+1, K*T): every function's tokens side by side, one column each
         values = np.ascontiguousarray(path.token_integrand[:, rows].transpose(1, 0, 2)).reshape(KRONROD_POINTS, -1)
         kronrod, error = estimate(values, kronrod_w, gauss_w)
-        pieces.append(Piece(lo, hi, alphas, kronrod_w, values, path.gradients[:, rows], kronrod, error))
+        kept = None if path.gradients is None else path.gradients[:, rows]
+        weighted = path.weighted_gradients[:, k : k + 1].clone()  # not a view: the round's sums can go
+        pieces.append(Piece(lo, hi, alphas, kronrod_w, values, weighted, kept, kronrod, error))
     return pieces, path

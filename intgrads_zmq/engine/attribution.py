@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import DeadlineExceeded
+from ..errors import BadRequest, DeadlineExceeded
 from ..models.base import ClassifierAdapter
 from ..options import ADAPTIVE_METHOD, AttributionOptions
 from .adaptive import AdaptiveResult, integrate_adaptive
 from .baselines import make_baseline
 from .extras import faithfulness_summary, word_summary
 from .memory import ChunkPlanner
-from .objective import resolve_objective, resolve_target
+from .objective import Objective, resolve_objective, resolve_target
 from .path import BeforeChunk, PathProgress, integrate_path, precision_context
 from .rules import path_rule
 
@@ -51,6 +51,7 @@ def attribute(
     deadline: float | None = None,
     before_chunk: BeforeChunk | None = None,
     progress: PathProgress | None = None,
+    max_kept_token_steps: int | None = None,
 ) -> AttributionResult:
     """Compute every output for ``text`` in one pass over the path.
 
@@ -72,6 +73,12 @@ def attribute(
     path's and stay shared. With a contrast c, F = logit[target] - logit[c]:
     ``f_input`` and ``f_baseline`` are that difference, and completeness holds
     for it.
+
+    ``max_kept_token_steps`` (a worker passes its ``max_steps`` x
+    ``max_length``: the largest ``intermediate_gradients`` of one target)
+    bounds the per-node gradients that ``target: "all"`` keeps for every
+    class, counted as classes x steps x tokens: a request past it is refused
+    before the path runs, naming ``fields``.
     """
     started = time.perf_counter()
     progress = progress if progress is not None else PathProgress()
@@ -93,35 +100,40 @@ def attribute(
     deltas = [a - b for a, b in zip(f_input, f_baseline, strict=True)]
     diff_cpu = (layer_input - baseline).cpu()
 
-    def run_nodes(alphas: Any, weights: Any, keep: bool) -> Any:
+    keep = "intermediate_gradients" in options.fields
+    _check_kept_size(objective, options, keep, encoded.length, layer_input.shape[-1], max_kept_token_steps)
+
+    def run_nodes(alphas: Any, weights: Any, groups: Any = None) -> Any:
         return integrate_path(
             adapter, encoded, layer_input, baseline, alphas, weights, readout,
             planner=planner, dtype=dtype, keep_gradients=keep, before_chunk=hooks, progress=progress,
+            groups=groups,
         )  # fmt: skip
 
     adaptive: AdaptiveResult | None = None
     if options.adaptive:
         adaptive = integrate_adaptive(
-            lambda a, w: run_nodes(a, w, True),
+            run_nodes,
             delta=np.array(deltas),
             tolerance=options.tolerance,
             budget=options.step_budget,
             progress=progress,
         )
         alphas, weights, gradients = adaptive.alphas, adaptive.weights, adaptive.gradients
-        step_sizes = torch.tensor(weights, dtype=torch.float32).view(-1, 1)
-        # The seed's recipe, literally, so it holds exactly on the reply (class by class).
-        integrated = torch.stack(
-            [(gradients[k] * step_sizes[:, :, None]).sum(0) * diff_cpu for k in range(objective.rows)]
-        )
+        if gradients is not None:
+            step_sizes = torch.tensor(weights, dtype=torch.float32).view(-1, 1)
+            # The seed's recipe, literally, so it holds exactly on the reply (class by class).
+            integrated = torch.stack(
+                [(gradients[k] * step_sizes[:, :, None]).sum(0) * diff_cpu for k in range(objective.rows)]
+            )
+        else:  # no per-node gradients kept: the sub-intervals' weighted sums
+            integrated = diff_cpu * adaptive.weighted
         integrand = adaptive.integrand
         chunk_steps, chunks = adaptive.chunk_steps, adaptive.chunks
-        if "intermediate_gradients" not in options.fields:
-            gradients = None
     else:
         alphas, weights = path_rule(options.method, options.n_steps)
         progress.total = len(alphas)
-        path = run_nodes(alphas, weights, "intermediate_gradients" in options.fields)
+        path = run_nodes(alphas, weights)
         integrated = diff_cpu * path.weighted_gradients  # (K, 1, T, H)
         gradients, integrand = path.gradients, path.integrand
         chunk_steps, chunks = path.chunk_steps, path.chunks
@@ -180,6 +192,27 @@ def attribute(
         )
     meta["timings"]["compute_seconds"] = time.perf_counter() - started
     return AttributionResult(tensors=tensors, meta=meta)
+
+
+def _check_kept_size(objective: Objective, options: AttributionOptions, keep: bool, tokens: int,
+                     hidden: int, limit: int | None) -> None:
+    """Refuse "all" when the per-node gradients kept for every class would pass
+    ``limit`` token-steps (one target never is: its size is what the server's
+    step and length limits allow). ``n_steps: "auto"`` counts its step budget:
+    how many nodes it ends with is known only at the end."""
+    if limit is None or objective.rows == 1 or not keep:
+        return
+    steps = options.step_budget if options.adaptive else int(options.n_steps)
+    kept = objective.rows * steps * tokens
+    if kept > limit:
+        mib = 4 * hidden / 2**20
+        raise BadRequest(
+            f"target \"all\" with intermediate_gradients would keep {objective.rows} classes x {steps} "
+            f"steps x {tokens} tokens of gradients ({kept * mib:.0f} MiB), more than one target may at this "
+            f"server's limits ({limit * mib:.0f} MiB): leave intermediate_gradients out of 'fields' "
+            "(the JSON format's default), or ask for fewer steps",
+            field="fields",
+        )
 
 
 def _per_class_shaper(every_class: bool) -> Callable[[list[Any]], Any]:

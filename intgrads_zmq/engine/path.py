@@ -47,7 +47,7 @@ class PathProgress:
 class PathResult:
     """Everything the pass produced, on the CPU, float32; K = readout rows."""
 
-    weighted_gradients: torch.Tensor  # (K, 1, T, H): sum_k w_k g_k
+    weighted_gradients: torch.Tensor  # (K, G, T, H): sum_k w_k g_k over each group's nodes (G = 1: all)
     gradients: torch.Tensor | None  # (K, n, T, H) if kept
     integrand: np.ndarray  # (K, n): sum over tokens and hidden of g_k * (x - x')
     token_integrand: np.ndarray  # (K, n, T): sum over hidden of g_k * (x - x'), float64
@@ -108,10 +108,14 @@ def integrate_path(
     keep_gradients: bool,
     before_chunk: BeforeChunk | None = None,
     progress: PathProgress | None = None,
+    groups: np.ndarray | None = None,
 ) -> PathResult:
     """Run the path in memory-bounded chunks; halve a chunk that runs out of memory.
 
     ``readout`` is R, ``(K, classes)`` on the model's device (see :mod:`.objective`).
+    ``groups`` (optional, one index 0..G-1 per node) splits the weighted sum by
+    group, so that a caller that needs sums over sets of nodes (the adaptive
+    rule's sub-intervals) need not keep every node's gradients.
     """
     device = layer_input.device
     n_steps = len(alphas)
@@ -123,7 +127,9 @@ def integrate_path(
     precision = precision_context(dtype, device)
     hints = adapter.size_hints()
 
-    weighted = torch.zeros((rows, 1, tokens, width), dtype=torch.float32, device=device)
+    group_dev = None if groups is None else torch.as_tensor(groups, dtype=torch.long, device=device)
+    group_count = 1 if groups is None else int(groups.max()) + 1
+    weighted = torch.zeros((rows, group_count, tokens, width), dtype=torch.float32, device=device)
     integrand = torch.empty((rows, n_steps), dtype=torch.float64, device=device)
     token_integrand = torch.empty((rows, n_steps, tokens), dtype=torch.float64, device=device)
     gradients = None
@@ -153,7 +159,10 @@ def integrate_path(
             continue
         for row in range(rows):  # per row, exactly the arithmetic of a single target
             row_grads = grads[row]
-            weighted[row] += (row_grads * weight_dev[start:stop, None, None]).sum(0, keepdim=True)
+            if group_dev is None:
+                weighted[row] += (row_grads * weight_dev[start:stop, None, None]).sum(0, keepdim=True)
+            else:
+                weighted[row].index_add_(0, group_dev[start:stop], row_grads * weight_dev[start:stop, None, None])
             integrand[row, start:stop] = (row_grads * diff).sum(dim=(1, 2), dtype=torch.float64)
             token_integrand[row, start:stop] = (row_grads * diff).sum(dim=2, dtype=torch.float64)
             if gradients is not None:

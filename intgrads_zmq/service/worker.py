@@ -301,6 +301,7 @@ class Computer:
                 self.adapter, job.body.sequence, options, planner=self.planner,
                 dtype=self.config.dtype, deadline=job.deadline,
                 before_chunk=self._chunk_hook(job, progress, send), progress=progress,
+                max_kept_token_steps=self.limits.max_steps * self.limits.max_length,
             )
             # Encoded inside the try: metadata the wire refuses (a NaN from a
             # diverging model) must become an answer, not end the worker.

@@ -146,11 +146,13 @@ def fake_nodes(functions):
     """A ``run_nodes`` whose per-token integrands are given functions of alpha
     (one token each), so the adaptive rule can be watched without a model."""
 
-    def run(alphas, weights):
+    def run(alphas, weights, groups):
         values = np.stack([[f(a) for a in alphas] for f in functions])[:, :, None]  # (K, n, 1)
-        n = len(alphas)
-        return PathResult(weighted_gradients=torch.zeros(len(functions), 1, 1, 1),
-                          gradients=torch.zeros(len(functions), n, 1, 1), integrand=values[:, :, 0],
+        n, count = len(alphas), int(groups.max()) + 1
+        weighted = torch.zeros(len(functions), count, 1, 1, dtype=torch.float64)
+        for k in range(len(functions)):  # the "gradient" is the integrand itself (x - x' = 1)
+            weighted[k, :, 0, 0].index_add_(0, torch.as_tensor(groups), torch.as_tensor(weights * values[k, :, 0]))
+        return PathResult(weighted_gradients=weighted, gradients=None, integrand=values[:, :, 0],
                           token_integrand=values, chunk_steps=n, chunks=1)  # fmt: skip
 
     return run
@@ -170,7 +172,11 @@ def test_adaptive_stops_only_when_the_hardest_function_is_within_tolerance():
     assert np.all(both.error_estimates <= 1e-3)
     achieved = abs(float(both.weights @ np.array([sharp(a) for a in both.alphas])) - sharp_integral)
     assert achieved / sharp_integral <= 1e-3
-    assert both.integrand.shape == (2, len(both.alphas)) and both.gradients.shape[:2] == (2, len(both.alphas))
+    # the kept sub-intervals' weighted sums are the integral of the nodes returned
+    assert float(both.weighted[1].sum()) == pytest.approx(float(both.weights @ [sharp(a) for a in both.alphas]),
+                                                          rel=1e-12)  # fmt: skip
+    assert float(both.weighted[0].sum()) == pytest.approx(1.5, rel=1e-12)
+    assert both.integrand.shape == (2, len(both.alphas)) and both.gradients is None
     # With a budget too small for the sharp one, "all" does not claim convergence.
     poor = integrate_adaptive(fake_nodes([smooth, sharp]), delta=np.array([1.5, sharp_integral]),
                               tolerance=1e-3, budget=44, progress=PathProgress())  # fmt: skip
@@ -258,3 +264,27 @@ def test_a_model_without_a_mask_token_is_refused_naming_the_baseline(tiny_bert_d
         attribute(adapter, TEXT, AttributionOptions(n_steps=2, baseline="mask"))
     assert caught.value.field == "baseline" and "mask" in caught.value.description
     assert attribute(adapter, TEXT, AttributionOptions(n_steps=2, baseline="pad")).meta["tokens"]
+
+
+@pytest.mark.parametrize("target", [1, "all"])
+def test_auto_without_intermediate_gradients_keeps_none_and_agrees(bert5, monkeypatch, target):
+    """Without ``intermediate_gradients`` the adaptive rule keeps each sub-interval's
+    weighted sum only; the integral is the same up to float32 summation order."""
+    from intgrads_zmq.engine import attribution
+
+    kept = []
+    real = attribution.integrate_path
+
+    def spy(*args, **kwargs):
+        kept.append(kwargs["keep_gradients"])
+        return real(*args, **kwargs)
+
+    options = {"n_steps": "auto", "tolerance": 0.01, "target": target}
+    full = attribute(bert5, TEXT, AttributionOptions(**options))
+    monkeypatch.setattr(attribution, "integrate_path", spy)
+    lean = attribute(bert5, TEXT, AttributionOptions(**options, fields=("integrated_gradients",)))
+    assert kept and not any(kept) and "intermediate_gradients" not in lean.tensors
+    assert lean.meta["alphas"] == full.meta["alphas"] and lean.meta["n_steps"] == full.meta["n_steps"]
+    ig, reference = lean.tensors["integrated_gradients"], full.tensors["integrated_gradients"]
+    n = len(full.meta["alphas"])
+    assert float((ig - reference).abs().max()) <= 4 * n * EPS32 * float(reference.abs().max())

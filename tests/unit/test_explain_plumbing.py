@@ -170,6 +170,22 @@ def test_the_worker_checks_every_option_and_its_class_limit(tiny_bert):
     assert reply.meta["target"] == [0, 1] and len(reply.meta["f_input"]) == 2
 
 
+def test_the_worker_bounds_what_all_keeps_per_class(tiny_bert):
+    """"all" keeping every class's per-step gradients may not pass what one target
+    may keep at the worker's limits (max_steps x max_length token-steps)."""
+    computer = Computer(tiny_bert, WorkerConfig(connect="inproc://unused", limits={"max_steps": 20, "max_length": 16}))
+    tokens = len(tiny_bert.encode(TEXT, 16).tokens)
+    assert 2 * 20 * tokens > 20 * 16 >= 2 * 12 * tokens
+    refused = answer(computer, TEXT, {"n_steps": 20, "target": "all"})
+    assert isinstance(refused, BadRequest) and refused.field == "fields"
+    assert "intermediate_gradients" in refused.description
+    for options in ({"n_steps": 12, "target": "all"}, {"n_steps": 20, "target": "all", "fields": ["integrated_gradients"]},
+                    {"n_steps": 20, "target": 1}, {"n_steps": "auto", "target": "all", "fields": []}):  # fmt: skip
+        assert isinstance(answer(computer, TEXT, options), AttributionPayload), options
+    refused = answer(computer, TEXT, {"n_steps": "auto", "target": "all"})  # auto counts its step budget
+    assert isinstance(refused, BadRequest) and refused.field == "fields"
+
+
 def test_the_worker_answers_400_for_a_mask_baseline_without_a_mask_token(tiny_bert_dir):
     from intgrads_zmq.models.loader import load_model
     from intgrads_zmq.models.spec import ModelSpec
