@@ -125,28 +125,58 @@ def main() -> None:
 
 def soak(frontend, args: argparse.Namespace) -> None:
     pids = [frontend.process.pid, *descendants(frontend.process.pid)]
-    load = Load(frontend.url, args.clients, args.requests, time.monotonic() + args.budget)
-    points = sorted({c for c in CHECKPOINTS if c <= args.requests} | {args.requests})
-    rows, started = [], time.monotonic()
     print(f"gunicorn pids (master first): {pids}; {args.clients} clients, {args.requests} requests, "
           f"hidden {args.hidden}, gunicorn env {args.env or 'as is'}")
     print(f"{'requests':>9} {'seconds':>8} " + " ".join(f"{'RSS MB ' + str(p):>14}" for p in pids))
+    result = measure(frontend, requests=args.requests, clients=args.clients, budget=args.budget, pids=pids,
+                     on_row=lambda sent, seconds, sizes: print(
+                         f"{sent:>9} {seconds:>8.1f} " + " ".join(f"{s:>14.1f}" for s in sizes), flush=True))
+    if result.rows[-1][0] < args.requests:
+        print(f"(the --budget of {args.budget:g} s ran out after {result.rows[-1][0]} requests)")
+    print(f"statuses: {dict(sorted(result.statuses.items()))}")
+    ratio = result.ratio_after_1000()
+    if ratio is not None:
+        last, at_1000 = result.worker_mb(result.rows[-1][0]), result.worker_mb(1000)
+        print(f"worker RSS after {result.rows[-1][0]} requests / after 1000: {ratio:.3f} ({last - at_1000:+.1f} MB)")
+
+
+class SoakResult:
+    """RSS of gunicorn's processes (MB, master first) after each checkpoint."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.rows: list[tuple[int, list[float]]] = []  # (requests sent, RSS MB per pid)
+        self.statuses: dict[int, int] = {}
+
+    def worker_mb(self, sent: int) -> float:
+        """The worker's RSS at the first checkpoint with at least ``sent``
+        requests (the last gunicorn process: its only worker by default)."""
+        return next(sizes[-1] for done, sizes in self.rows if done >= sent)
+
+    def ratio_after_1000(self) -> float | None:
+        """Worker RSS at the end / after 1000 requests (about 1.0: levelled off)."""
+        if len(self.rows) < 2 or self.rows[-1][0] < 1000:
+            return None
+        return self.rows[-1][1][-1] / self.worker_mb(1000)
+
+
+def measure(frontend, *, requests: int, clients: int, budget: float, pids: list[int] | None = None,
+            on_row=None) -> SoakResult:
+    """Send the request mix to ``frontend``, sampling RSS at each checkpoint."""
+    pids = pids or [frontend.process.pid, *descendants(frontend.process.pid)]
+    load = Load(frontend.url, clients, requests, time.monotonic() + budget)
+    points = sorted({c for c in CHECKPOINTS if c <= requests} | {requests})
+    result, started = SoakResult(pids), time.monotonic()
     for point in points:
         sent = load.run_to(point)
         sizes = [rss_kib(pid) / 1024 for pid in pids]
-        rows.append((sent, sizes))
-        print(f"{sent:>9} {time.monotonic() - started:>8.1f} " + " ".join(f"{s:>14.1f}" for s in sizes),
-              flush=True)
+        result.rows.append((sent, sizes))
+        if on_row is not None:
+            on_row(sent, time.monotonic() - started, sizes)
         if sent < point:
-            print(f"(the --budget of {args.budget:g} s ran out after {sent} requests)")
             break
-    print(f"statuses: {dict(sorted(load.statuses.items()))}")
-    at_1000 = [sizes for sent, sizes in rows if sent >= 1000]
-    if at_1000 and len(rows) > 1:
-        worker = len(pids) - 1  # the last gunicorn process: its (only) worker with the default settings
-        ratio = rows[-1][1][worker] / at_1000[0][worker]
-        print(f"worker RSS after {rows[-1][0]} requests / after 1000: {ratio:.3f} "
-              f"({rows[-1][1][worker] - at_1000[0][worker]:+.1f} MB)")
+    result.statuses = dict(load.statuses)
+    return result
 
 
 if __name__ == "__main__":

@@ -40,8 +40,9 @@ def _label_maps(labels: tuple[str, ...]) -> dict:
 
 
 def make_tiny_bert(folder: Path, *, seed: int = 0, labels: tuple[str, ...] = LABELS,
-                   hidden: int = 32, layers: int = 2, heads: int = 2) -> Path:
-    """A BertForSequenceClassification + BertTokenizerFast directory."""
+                   hidden: int = 32, layers: int = 2, heads: int = 2, positions: int = 128) -> Path:
+    """A BertForSequenceClassification + BertTokenizerFast directory
+    (``positions``: the longest input, in tokens)."""
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -51,7 +52,7 @@ def make_tiny_bert(folder: Path, *, seed: int = 0, labels: tuple[str, ...] = LAB
     tokenizer = BertTokenizerFast(vocab=str(vocab_file), do_lower_case=True)
     config = BertConfig(
         vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=128,
+        num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=positions,
         initializer_range=0.2, **_label_maps(labels),
     )
     torch.manual_seed(seed)

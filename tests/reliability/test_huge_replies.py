@@ -27,7 +27,7 @@ import pytest
 from intgrads_zmq.encoding.reply_size import tensor_bytes_for
 from intgrads_zmq.options import TENSOR_FIELDS
 from intgrads_zmq.testing.stack import descendants, start_broker, start_frontend, wait_until
-from intgrads_zmq.testing.tiny_models import PUNCTUATION, WORDS
+from intgrads_zmq.testing.tiny_models import WORDS, make_tiny_bert
 
 HIDDEN = 32
 TOKENS = 512
@@ -39,27 +39,10 @@ ALL = list(TENSOR_FIELDS)
 STEPS = {"torch": 500, "safetensors": 500, "json": 120}
 
 
-def make_long_bert(folder: Path) -> Path:
-    """A one-layer BERT classifier with 512 positions (the tiny test models have 128)."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
-
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *PUNCTUATION, *WORDS]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=HIDDEN, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=2 * HIDDEN, max_position_embeddings=TOKENS, num_labels=2)
-    torch.manual_seed(0)
-    BertForSequenceClassification(config).eval().save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     folder = tmp_path_factory.mktemp("huge")
-    model = make_long_bert(folder / "long-bert")
+    model = make_tiny_bert(folder / "long-bert", hidden=HIDDEN, layers=1, positions=TOKENS)
     broker = start_broker(["--model", str(model), "--name", "long", "--max-steps", "1000", "--max-length",
                            str(TOKENS)], workers=1, folder=folder)
     frontend = None
