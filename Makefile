@@ -49,6 +49,7 @@ bench: install
 	$(PY) bench/accuracy_vs_time.py
 	$(PY) bench/abandonment.py
 	$(PY) bench/memory_soak.py
+	$(PY) bench/explain_targets.py --threads 1
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -54,6 +54,10 @@ COVERAGE: list[tuple[str, list[str]]] = [
     (r"^intgrads-broker worker --connect tcp://\S+:5556 --server-key broker\.key --client-key worker0\.key_secret .*--cuda$",
      ["tests.stack.test_broker::test_curve_authenticated_remote_worker_serves_and_a_wrong_key_never_does",
       "tests.stack.test_cli::test_cuda_without_a_gpu_is_a_clear_error"]),
+    (r"^intgrads-batch \S+ -o \S+ --server \S+( .*)?$",
+     ["tests.stack.test_batch_runner::test_kill_9_midway_then_resume_ends_with_every_row_once"]),
+    (r"^intgrads-batch \S+ -o \S+ --model \S+( .*)?$",
+     ["tests.stack.test_batch_runner::test_private_stack_with_tensors_csv_and_parquet"]),
 ]
 
 
