@@ -163,6 +163,21 @@ def client_curve(server_key: str | None, client_key: str | None) -> Any:
     return CurveClient(Path(client_key), Path(server_key)) if server_key and client_key else None
 
 
+def check_worker_link(connect: str, curve: Any) -> None:
+    """A worker without keys where the broker demands them would be refused at
+    every handshake and retry for ever: say so now instead. Beyond loopback a
+    broker always demands them; on loopback TCP when INTGRADS_REQUIRE_CURVE=1."""
+    import os
+
+    from .service.security import REQUIRE_CURVE_ENV, curve_needed, env_flag
+
+    required = env_flag(os.environ, REQUIRE_CURVE_ENV)
+    if curve is None and curve_needed(connect, everywhere=required):
+        why = "leaves this host" if curve_needed(connect) else f"is TCP and {REQUIRE_CURVE_ENV} is set"
+        raise click.UsageError(f"--connect {connect} {why}: the broker accepts only workers with an authorised "
+                               "CURVE key there; give --server-key broker.key --client-key workerN.key_secret")
+
+
 @main.command()
 @model_options
 @click.option("--frontend", default=default_client_endpoint, show_default=PRIVATE_FRONTEND,
@@ -224,6 +239,7 @@ def worker(connect: str, server_key: str | None, client_key: str | None, heartbe
     from .service.assembly import plan_workers, run_workers
 
     curve = client_curve(server_key, client_key)
+    check_worker_link(connect, curve)
     spec = model_spec(*(settings.pop(k) for k in MODEL_KEYS))
     serving = serve_settings(settings)
     try:

@@ -369,7 +369,7 @@ def mounted_secrets() -> dict[str, set[str]]:
     return mounted
 
 
-def test_the_readme_makes_the_secrets_the_manifests_mount():
+def test_the_readme_secret_commands_make_what_the_manifests_mount():
     """README creates the Secrets with deploy/k8s/secrets.sh (tested below), or
     with `kubectl create secret` lines that create every key a manifest mounts."""
     readme = (REPO / "README.md").read_text(encoding="utf-8").replace("\\\n", " ")

@@ -218,3 +218,19 @@ def test_curve_on_loopback_without_keys_is_a_usage_error(runtime):
     assert result.exit_code != 0 and "CURVE on loopback needs keys" in result.output
     result = CliRunner().invoke(main, ["start", "--workers", "0"], env={"INTGRADS_REQUIRE_CURVE": "1"})
     assert result.exit_code != 0 and "CURVE on loopback needs keys" in result.output
+
+
+def test_a_worker_without_keys_where_the_broker_demands_them_is_a_usage_error(runtime, tmp_path):
+    """It would be refused at every handshake and retry for ever, silently."""
+    from click.testing import CliRunner
+
+    from intgrads_zmq.cli import main
+
+    runner = CliRunner()
+    beyond = runner.invoke(main, ["worker", "--connect", "tcp://gpu-box:5556", "--cpu"])
+    assert beyond.exit_code == 2 and "leaves this host" in beyond.output and "--server-key" in beyond.output
+    required = runner.invoke(main, ["worker", "--connect", "tcp://127.0.0.1:5556", "--cpu"],
+                             env={"INTGRADS_REQUIRE_CURVE": "1"})
+    assert required.exit_code == 2 and "INTGRADS_REQUIRE_CURVE is set" in required.output
+    half = runner.invoke(main, ["worker", "--connect", "tcp://gpu-box:5556", "--server-key", __file__])
+    assert half.exit_code == 2 and "go together" in half.output
