@@ -218,10 +218,13 @@ class RemoteWorker:
         terminate_tree(self.process, timeout, "worker")
 
 
-def start_remote_worker(backend: str, model_args: list[str], *, folder: Path, env: dict[str, str] | None = None,
-                        extra_args: list[str] | None = None) -> RemoteWorker:
+def start_remote_worker(backend: str | None, model_args: list[str], *, folder: Path,
+                        env: dict[str, str] | None = None, extra_args: list[str] | None = None) -> RemoteWorker:
+    """``intgrads-broker worker --connect BACKEND ...`` (None: no --connect, so the
+    worker finds this user's private default, as ``env`` implies it)."""
     log = folder / f"worker-{time.time_ns()}.log"
-    command = [PYTHON, "-m", "intgrads_zmq.cli", "worker", "--connect", backend, *model_args, "--cpu",
+    connect = [] if backend is None else ["--connect", backend]
+    command = [PYTHON, "-m", "intgrads_zmq.cli", "worker", *connect, *model_args, "--cpu",
                "--heartbeat", "0.5", *(extra_args or [])]
     process = subprocess.Popen(command, cwd=REPO, env=base_env(env), stdout=log.open("wb"),
                                stderr=subprocess.STDOUT)

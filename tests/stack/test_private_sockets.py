@@ -12,8 +12,9 @@ broker as a frontend. Now:
   with the directory opened up (the control) it can, so it is the
   directory that keeps it out. The broker runs with umask 000 here, so its
   socket files are writable by anyone: nothing else protects them.
-* A worker of the same user describing a served model differently (other
-  limits) is refused and stops; /models does not change.
+* A worker of the same user (``intgrads-broker worker`` with no --connect
+  finds the private backend too) describing a served model differently
+  (other limits) is refused and stops; /models does not change.
 * With ``--curve-on-loopback``, loopback TCP ports take authorised CURVE keys
   only: gunicorn with a frontend key pair serves; a plain peer gets nowhere
   on either port; gunicorn without a key answers 503 (and with
@@ -156,7 +157,9 @@ def test_another_local_user_cannot_reach_the_default_sockets(private_stack):
 def test_a_worker_describing_the_model_differently_is_refused_and_models_is_unchanged(private_stack, tiny_bert_dir):
     broker, http, _ = private_stack
     before = json.loads(http.get("/models")[2])
-    rogue = start_remote_worker(broker.backend, ["--model", str(tiny_bert_dir), *MODEL, "--max-steps", "7"],
+    # `intgrads-broker worker --model ... --name tiny --max-steps 7`: no --connect, the default is the
+    # broker's private backend; other limits than the serving worker's
+    rogue = start_remote_worker(None, ["--model", str(tiny_bert_dir), *MODEL, "--max-steps", "7"],
                                 folder=broker.log.parent, env=broker.env)
     try:
         assert rogue.process.wait(timeout=120) == 0  # told to stop: it drained and exited
