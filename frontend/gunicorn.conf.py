@@ -8,7 +8,11 @@ Threads, not a timeout, keep long requests alive: with the gthread worker the
 arbiter's timeout only watches the worker's main loop, which keeps beating
 while a handler thread waits minutes for a 512-token CPU computation. The
 request deadline itself is INTGRADS_TIMEOUT (seconds); the broker endpoint is
-INTGRADS_BROKER. ZeroMQ sockets are opened lazily per thread, after fork.
+INTGRADS_BROKER (default: this user's private ipc:// socket, where a plain
+``intgrads-broker start`` listens), with INTGRADS_SERVER_KEY / INTGRADS_CLIENT_KEY
+naming the key pair for a broker whose frontend port uses CURVE (checked when
+the app loads: a worker that cannot reach the broker safely fails to boot).
+ZeroMQ sockets are opened lazily per thread, after fork.
 """
 
 import os
