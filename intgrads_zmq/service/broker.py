@@ -39,7 +39,8 @@ it keeps:
   siblings still queued or running are cancelled (their work is wasted
   anyway: the client gets the failure).
 * A reply carrying more tensor bytes than its request's ``max_reply`` is not
-  relayed: the client gets 413 instead. Replies are relayed as the frames
+  relayed: the client gets 413 instead. A worker announcing a big reply
+  (SENDING) is not counted dead while the bytes may still be crossing. Replies are relayed as the frames
   that arrived (received without copying, sent by reference): a big reply
   costs the broker its own size once, while it passes.
 * Messages that break the protocol are logged and dropped; peers are never
@@ -89,6 +90,11 @@ DISCONNECT_EVERY = 1.0  # seconds between DISCONNECTs to the same unknown worker
 CLOSE_LINGER_MS = 2000  # at exit, time given to answers already sent to reach their clients
 ANSWER_GRACE = 1.0  # seconds the sockets stay open after the last answer, for clients to read it
 MAX_REMEMBERED_PEERS = 10_000  # bound on the per-peer memories below
+# A worker announcing a big reply (SENDING) is given this much time per byte on
+# top of its usual liveness: a floor on transfer speed (20 MB/s: a 945 MB
+# reply gets 47 s more). A worker that dies mid-transfer is noticed that much
+# later (a local one at once anyway: its supervisor reports the exit).
+TRANSFER_FLOOR = 20e6  # bytes per second
 
 
 @dataclass
@@ -661,6 +667,8 @@ class Broker:
             self._finish(record, message)
         elif message.command == p.Command.PROGRESS:
             self._progress(record, message)
+        elif message.command == p.Command.SENDING:
+            self._sending(record, message)
         elif message.command == p.Command.DISCONNECT:
             self.worker_gone(identity, died=False, reason="drained" if record.draining else "said goodbye")
         elif message.command == p.Command.DRAIN:
@@ -764,6 +772,18 @@ class Broker:
                 "fewer 'n_steps' or a smaller 'max_length'", field="fields"))
             return
         self._answer(pending, p.Command.REPLY, list(message.body), "ok")
+
+    def _sending(self, record: WorkerRecord, message: p.Message) -> None:
+        """A big reply to the worker's current request follows: nothing else
+        from it (heartbeats included) arrives before it does, so its liveness
+        is stretched by the time the bytes may take."""
+        pending = record.request
+        if pending is None or pending.request_id != message.request_id:
+            return
+        notice = self._decode(lambda: p.Sending.from_json(message.body[0]),
+                              "dropped a malformed SENDING from %s: %s", record.name)
+        if notice is not None:
+            record.expires = time.monotonic() + self.settings.worker_expiry + notice.bytes / TRANSFER_FLOOR
 
     def _progress(self, record: WorkerRecord, message: p.Message) -> None:
         """A worker's progress on its current request: kept for a job, passed on

@@ -41,8 +41,15 @@ Worker <-> broker, header ``WORKER``::
     both ways         [WORKER, HEARTBEAT]
     both ways         [WORKER, DISCONNECT]
     worker -> broker  [WORKER, PROGRESS, request_id, Progress]   (at most every PROGRESS_EVERY s)
+    worker -> broker  [WORKER, SENDING, request_id, Sending]     (just before a big REPLY)
     broker -> worker  [WORKER, REQUEST, request_id, RequestBody]
     broker -> worker  [WORKER, CANCEL, request_id]   (stop at the next chunk; then answer as usual)
+
+A big REPLY takes a while to cross (945 MB: 1.7 s over ipc on a busy
+2-core host, 8 s over 1 Gbit/s), and everything the worker sends after it,
+heartbeats included, arrives only once it has: without notice the broker
+would count the worker dead mid-transfer and lose the reply. SENDING tells
+the broker how many bytes follow, so it allows the time they take.
 
 Each body is one JSON frame with one typed shape here (``from_json`` validates
 what a peer sent, ``to_json`` encodes); ``error_json`` is
@@ -107,6 +114,7 @@ class Command(bytes, Enum):
     DRAIN = b"\x11"
     DRAIN_REPLY = b"\x12"
     BATCH = b"\x13"
+    SENDING = b"\x14"
 
 
 class ProtocolError(ValueError):
@@ -188,7 +196,7 @@ _WITH_ID = {
     CLIENT: {Command.REQUEST, Command.STATUS, Command.REPLY, Command.ERROR, Command.STATUS_REPLY,
              Command.CANCEL, Command.PROGRESS, Command.JOB_SUBMIT, Command.JOB_STATUS, Command.JOB_RESULT,
              Command.JOB_CANCEL, Command.JOB_STATE, Command.DRAIN, Command.DRAIN_REPLY, Command.BATCH},
-    WORKER: {Command.REQUEST, Command.REPLY, Command.ERROR, Command.CANCEL, Command.PROGRESS},
+    WORKER: {Command.REQUEST, Command.REPLY, Command.ERROR, Command.CANCEL, Command.PROGRESS, Command.SENDING},
 }
 # Minimum number of body frames (after header, command and id) per command.
 _MIN_BODY = {
@@ -206,6 +214,7 @@ _MIN_BODY = {
     Command.JOB_STATE: 1,
     Command.DRAIN_REPLY: 1,
     Command.BATCH: 1,
+    Command.SENDING: 1,
 }
 # Per side: DRAIN carries a DrainTarget from a client; between broker and
 # worker it is bare (broker -> worker: drain; worker -> broker: I am draining).
@@ -445,6 +454,28 @@ class Progress:
 
 def progress_frames(header: bytes, request_id: str, progress: Progress) -> list[bytes]:
     return envelope(header, Command.PROGRESS, request_id) + [progress.to_json()]
+
+
+@dataclass(frozen=True)
+class Sending:
+    """SENDING: the REPLY that follows carries ``bytes`` bytes (all its frames)."""
+
+    bytes: int
+
+    def to_json(self) -> bytes:
+        return dumps({"bytes": self.bytes})
+
+    @classmethod
+    def from_json(cls, frame: Any) -> Sending:
+        size = loads_object(frame).get("bytes")
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_REPLY_BYTES:
+            raise ProtocolError(f"'bytes' must be a whole number from 0 to {MAX_REPLY_BYTES}")
+        return cls(size)
+
+
+def sending_frames(request_id: str, size: int) -> list[bytes]:
+    """What a worker sends just before a REPLY of ``size`` bytes."""
+    return envelope(WORKER, Command.SENDING, request_id) + [Sending(size).to_json()]
 
 
 @dataclass(frozen=True)

@@ -726,3 +726,19 @@ def test_batch_refusals_for_an_unknown_model_or_a_malformed_batch_answer_every_t
         refusal = stack.client.wait([p.batch_member_id(batch_id, 0)], 5.0, margin=0.0)
         assert isinstance(next(iter(refusal.values())), BadRequest)
     assert stack.status()["counters"]["protocol_errors"] == 5
+
+
+def test_a_worker_announcing_a_big_reply_is_not_counted_dead_while_it_crosses(make_broker):
+    stack = make_broker(heartbeat_interval=0.1, heartbeat_liveness=3)  # silent for 0.3 s: dead
+    worker = stack.worker()
+    rid = stack.client.submit("text")
+    assert worker.next_request().request_id == rid
+    worker.sock.send_multipart(p.envelope(p.WORKER, p.Command.SENDING, rid) + [p.dumps({"bytes": -1})])
+    worker.sock.send_multipart(p.sending_frames("someone-else", 10**9))  # not its request: no effect
+    worker.sock.send_multipart(p.sending_frames(rid, int(40e6)))  # 40 MB at the 20 MB/s floor: 2 s more
+    time.sleep(1.0)  # nothing from the worker meanwhile, as while a big reply crosses
+    status = stack.status()
+    assert [w["state"] for w in status["workers"]] == ["busy"] and status["counters"]["protocol_errors"] == 1
+    worker.reply(rid)
+    assert isinstance(stack.outcome(rid), AttributionPayload)
+    assert stack.status()["counters"].get("late_replies_dropped", 0) == 0
