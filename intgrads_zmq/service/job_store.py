@@ -44,7 +44,9 @@ class JobRecord:
     finished_at: float | None = None
     finished_mono: float | None = None
     command: p.Command | None = None  # REPLY or ERROR once finished
-    body: list[bytes] = field(default_factory=list)
+    # The answer's frames as the broker received them (zmq.Frame or bytes): a
+    # reply of hundreds of MB is kept once, and sent to readers by reference.
+    body: list[Any] = field(default_factory=list)
     error: dict[str, Any] | None = None
 
     @property
@@ -107,7 +109,7 @@ class JobStore:
     def requeued(self, record: JobRecord) -> None:
         record.state, record.done = "queued", 0
 
-    def finish(self, job_id: str, command: p.Command, body: list[bytes], error: IntgradsError | None,
+    def finish(self, job_id: str, command: p.Command, body: list[Any], error: IntgradsError | None,
                now: float) -> None:
         """Keep a job's answer (REPLY frames, or an ERROR), then enforce the bounds."""
         record = self.jobs.get(job_id)
