@@ -365,7 +365,8 @@ class Broker:
 
     def _send_to_worker(self, record: WorkerRecord, pending: Pending) -> None:
         remaining = max(0.001, pending.deadline - time.monotonic())
-        body = p.RequestBody(pending.model, pending.body.sequence, pending.body.options, remaining)
+        body = p.RequestBody(pending.model, pending.body.sequence, pending.body.options, remaining,
+                             max_reply=pending.body.max_reply)  # the worker refuses an oversize reply first
         record.request = pending
         pending.attempts += 1
         pending.position = None

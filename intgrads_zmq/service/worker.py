@@ -65,6 +65,8 @@ from .security import CurveClient
 
 log = logging.getLogger("intgrads.worker")
 PROGRESS_EVERY = 0.25  # seconds between two PROGRESS messages of one request
+BIG_REPLY_BYTES = 8 << 20  # replies from this size on are announced (SENDING) before they go
+FLUSH_WAIT = 3.0  # seconds an exiting worker waits for the broker to take its last answers
 
 
 @dataclass
@@ -131,6 +133,7 @@ class BrokerLink(threading.Thread):
         self._name = config.worker_name()
         self._replies = context.socket(zmq.PULL)
         self._replies.bind(replies_endpoint)
+        self._unsent: list[Any] | None = None  # an answer the broker could not take yet
 
     # the thread ------------------------------------------------------------
     def run(self) -> None:
@@ -143,16 +146,19 @@ class BrokerLink(threading.Thread):
         heard = last_beat = time.monotonic()
         try:
             while not self.stopping.is_set():
+                # While an answer waits for the broker, take nothing more from
+                # the compute thread (its readable socket would wake us at once).
+                poller.register(self._replies, zmq.POLLIN if self._unsent is None else 0)
                 events = dict(poller.poll(int(interval * 500)))
                 now = time.monotonic()
                 if dealer in events:
                     heard = now
                     self._from_broker(dealer)
-                if self._replies in events:
-                    frames = self._replies.recv_multipart(copy=False)
-                    dealer.send_multipart(frames, copy=False)
-                    if frames[1].bytes != p.Command.PROGRESS.value:
-                        self._busy, self._current = False, None
+                if self._unsent is None and self._replies in events:
+                    self._unsent = self._replies.recv_multipart(copy=False)
+                    self._announce_big_reply(dealer, self._unsent)
+                if self._unsent is not None:
+                    self._forward_unsent(dealer)
                 if self.draining.is_set() and not self._drain_announced:
                     self._announce_drain(dealer)
                     log.info("draining: finishing the accepted request, then exiting")
@@ -181,14 +187,51 @@ class BrokerLink(threading.Thread):
             dealer.close(linger=200)
             self._replies.close(linger=0)
 
+    def _forward_unsent(self, dealer: zmq.Socket) -> None:
+        """Send the held answer without blocking: with no broker connected a
+        blocking send would stop heartbeats, reconnection and drains; the
+        answer waits here instead and goes out on a later turn. A PROGRESS
+        that cannot go now is dropped (the next one says more)."""
+        frames = self._unsent
+        assert frames is not None
+        try:
+            dealer.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            if frames[1].bytes == p.Command.PROGRESS.value:
+                self._unsent = None
+            return
+        self._unsent = None
+        if frames[1].bytes != p.Command.PROGRESS.value:
+            self._busy, self._current = False, None
+
+    @staticmethod
+    def _announce_big_reply(dealer: zmq.Socket, frames: list[Any]) -> None:
+        """Tell the broker a big REPLY follows: while it crosses, heartbeats
+        queue behind it, and the broker allows its transfer time instead of
+        counting this worker dead."""
+        if frames[1].bytes != p.Command.REPLY.value:
+            return
+        size = sum(len(frame) for frame in frames[3:])
+        if size >= BIG_REPLY_BYTES:
+            with contextlib.suppress(zmq.Again):
+                dealer.send_multipart(p.sending_frames(frames[2].bytes.decode("ascii"), size), zmq.NOBLOCK)
+
     def _flush_replies(self, dealer: zmq.Socket) -> None:
-        """Forward replies computed just before stopping, so none is lost."""
+        """Forward answers computed just before stopping, so none is lost; a
+        broker that cannot take them within FLUSH_WAIT does not hold the exit."""
+        deadline = time.monotonic() + FLUSH_WAIT
         while True:
-            try:
-                frames = self._replies.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            if self._unsent is None:
+                try:
+                    self._unsent = self._replies.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    return
+                self._announce_big_reply(dealer, self._unsent)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not dealer.poll(int(remaining * 1000), zmq.POLLOUT):
+                log.warning("the broker could not take the last answer within %.0f s; dropped it", FLUSH_WAIT)
                 return
-            dealer.send_multipart(frames, copy=False)
+            self._forward_unsent(dealer)
 
     def _connect(self) -> zmq.Socket:
         self._generation += 1
@@ -295,6 +338,7 @@ class Computer:
             check_sequence(job.body.sequence, self.limits)
             options = resolve_options(job.body.options, self.defaults, self.limits)
             self._check_classes(options)
+            self._check_reply_size(job, options)
             if self.faults is not None:
                 self.faults.before_request(job.body.sequence, job.cancelled)
             result = attribute(
@@ -325,6 +369,25 @@ class Computer:
                 f"{self.limits.max_target_classes} at once: ask for one target",
                 field="target",
             )
+
+    def _check_reply_size(self, job: Job, options: AttributionOptions) -> None:
+        """Refuse, before computing, a reply the client said it cannot take
+        (``max_reply``): the frontend only had a lower bound of the token
+        count; the tokenizer knows it. (``n_steps: "auto"`` decides its size
+        while it runs: the broker checks that reply when it arrives.)"""
+        if job.body.max_reply is None or options.adaptive:
+            return
+        from ..encoding.reply_size import reply_too_large, tensor_bytes_for
+
+        tokens = self.adapter.encode(job.body.sequence, options.max_length).length
+        hidden = self.adapter.size_hints()["hidden"]
+        size = tensor_bytes_for(tokens, int(options.n_steps), hidden, options.fields)
+        if options.every_class:  # the per-class tensors gain a class axis
+            per_class = tensor_bytes_for(tokens, int(options.n_steps), hidden,
+                                         set(options.fields) & {"integrated_gradients", "intermediate_gradients"})
+            size += (len(self.adapter.labels) - 1) * per_class
+        if size > job.body.max_reply:
+            raise reply_too_large(size, job.body.max_reply, exact=True)
 
     def _chunk_hook(self, job: Job, progress: Any, send: Callable[[list[Any]], None] | None
                     ) -> Callable[[int], None]:
