@@ -125,7 +125,7 @@ def create_app(settings: FrontendSettings | None = None, pool: BrokerPool | None
     (anything with ``client()`` returning an object with submit/wait/status).
     """
     settings = settings or FrontendSettings.from_env()
-    pool = pool or BrokerPool(settings.broker, settings.connect_wait)
+    pool = pool or BrokerPool(settings.broker, settings.connect_wait, curve=settings.curve)
 
     def status() -> dict[str, Any]:
         return pool.client().status(timeout=settings.status_timeout)

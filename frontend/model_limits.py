@@ -73,6 +73,11 @@ def limits_in_status(status: dict[str, Any] | None, name: str | None, fallback: 
         return fallback
     model = status.get("models", {}).get(name or status.get("default_model") or "")
     reported = model.get("limits") if isinstance(model, dict) else None
+    bound = status.get("queue_bound")
+    if _positive_int(bound) and bound < fallback.max_sequences:
+        # A batch is queued whole or refused: more texts than the broker's
+        # queue bound could never be admitted.
+        fallback = replace(fallback, max_sequences=bound)
     if not isinstance(reported, dict):
         return fallback
     return replace(fallback, **{key: reported[key] for key in WORKER_ENFORCED if _positive_int(reported.get(key))})

@@ -157,7 +157,7 @@ def _attribution_operation(limits: Limits, named: bool) -> dict[str, Any]:
             },
             "400": _error("Invalid body or option (the 'field' names it)"),
             "404": _error("Unknown model"),
-            "413": _error("Body too large"),
+            "413": _error("Body too large, or the reply would pass INTGRADS_MAX_REPLY (as JSON: INTGRADS_MAX_JSON_TENSORS)"),
             "499": _error("Cancelled: the client disconnected (it never sees this; logged and counted)"),
             "500": _error("The model failed on this input"),
             "503": _error("Overloaded, no worker, or broker unavailable (see Retry-After)"),

@@ -185,7 +185,7 @@ def check_worker_link(connect: str, curve: Any) -> None:
                    "A non-loopback address needs --keys (frontends then present a frontend key). " + PRIVATE_HELP)
 @click.option("--backend", default=default_worker_endpoint, show_default=PRIVATE_BACKEND,
               help="Where workers connect. A non-loopback address needs --keys.")
-@click.option("--queue-bound", type=click.IntRange(min=1), default=32, show_default=True,
+@click.option("--queue-bound", type=click.IntRange(min=1), default=64, show_default=True,
               help="Requests waiting per model before new ones are answered 'overloaded' (HTTP 503).")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=600.0, show_default=True,
               help="Deadline for a request that names none, in seconds.")

@@ -883,7 +883,7 @@ function renderFaithfulness(data) {
       text: fmt(row.metrics[name]) })))));
   const first = rows[0].metrics;
   const passes = rows.reduce((sum, row) => sum + (row.metrics.forward_passes || 0), 0);
-  const seconds = rows.reduce((sum, row) => sum + (row.metrics.seconds || 0), 0);
+  const seconds = (data.timings && data.timings.metrics_seconds) || 0;
   const measured = first.measure === "probability_difference" ? "p(target) − p(contrast)" : "p(target)";
   $("#faithfulness-note").textContent = `Removed tokens are replaced by “${first.replacement}” · measured on `
     + `${measured} · ${first.ranked_tokens} tokens ranked · ${passes} forward passes in ${fmt(seconds, 3)} s`;

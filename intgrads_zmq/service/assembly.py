@@ -84,7 +84,7 @@ def plan_workers(connect: str, spec: ModelSpec, settings: ServeSettings,
 
 
 def build_broker(spec: ModelSpec, settings: ServeSettings, *, frontend: str, backend: str,
-                 queue_bound: int = 32, timeout: float = 600.0, heartbeat: float = 1.0,
+                 queue_bound: int = 64, timeout: float = 600.0, heartbeat: float = 1.0,
                  keys: str | None = None, job_ttl: float = BrokerSettings.job_ttl,
                  job_store_bytes: int = BrokerSettings.job_store_bytes,
                  curve_on_loopback: bool = False) -> tuple[Broker, Supervisor]:

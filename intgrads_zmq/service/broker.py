@@ -105,7 +105,7 @@ class BrokerSettings:
     backend: str = DEFAULT_WORKER_ENDPOINT
     heartbeat_interval: float = 1.0
     heartbeat_liveness: int = 3
-    queue_bound: int = 32
+    queue_bound: int = 64  # a whole batch of INTGRADS_MAX_SEQUENCES (64) texts must fit
     default_timeout: float = 600.0
     max_timeout: float = 3600.0
     retry_after: float = 1.0

@@ -71,6 +71,9 @@ OPTION_SETS: tuple[dict[str, Any], ...] = (
     {"n_steps": 12, "target": "positive", "fields": ["integrated_gradients"]},
     {"n_steps": 3, "max_length": 8},
     {"n_steps": 2, "fields": ["step_sizes", "intermediates"]},
+    {"n_steps": 6, "baseline": "mask", "aggregate": "words"},
+    {"n_steps": 4, "target": "all", "metrics": ["comprehensiveness", "log_odds"]},
+    {"n_steps": 4, "target": "positive", "contrast": "negative", "fields": ["integrated_gradients"]},
 )
 FORMATS = (
     ("/model/", ()),

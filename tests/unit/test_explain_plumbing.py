@@ -92,7 +92,8 @@ def test_metrics_are_called_per_function_with_its_scores(tiny_bert, recorder):
     assert call["target"] == 1 and call["contrast"] == 0 and call["metrics"] == ["sufficiency", "log_odds"]
     assert call["scores"].shape == (len(result.meta["tokens"]),)
     assert call["scores"].tolist() == result.meta["attributions"] and call["dtype"] == "float32"
-    assert result.meta["metrics"] == {"sufficiency": 0.5, "log_odds": 0.5, "target": 1, "seconds": 0.25}
+    # the time goes to timings only: the same request gives the same reply bytes
+    assert result.meta["metrics"] == {"sufficiency": 0.5, "log_odds": 0.5, "target": 1}
     assert result.meta["timings"]["metrics_seconds"] == 0.25
 
 
@@ -215,4 +216,4 @@ def test_the_real_modules_with_all_words_and_metrics(tiny_bert):
             assert TEXT[span[0]:span[1]] == word
     assert [m["target"] for m in meta["metrics"]] == [0, 1]
     assert all({"comprehensiveness", "sufficiency", "log_odds"} <= set(m) for m in meta["metrics"])
-    assert meta["timings"]["metrics_seconds"] == pytest.approx(sum(m["seconds"] for m in meta["metrics"]))
+    assert meta["timings"]["metrics_seconds"] > 0 and all("seconds" not in m for m in meta["metrics"])

@@ -404,3 +404,14 @@ def test_metrics_expose_the_job_store():
     text = web.simulate_get("/metrics").text
     assert "intgrads_job_store_bytes 4096.0" in text and "intgrads_jobs_finished 2.0" in text
     assert 'intgrads_jobs_evicted_total{bound="bytes"} 4.0' in text
+
+
+def test_a_batch_larger_than_the_brokers_queue_bound_is_refused_by_the_frontend_itself():
+    """The broker queues a batch whole or not at all: the frontend's own
+    max_sequences follows its queue bound, so such a batch never reaches it."""
+    from frontend.model_limits import limits_in_status
+
+    status = {**_status(tiny=_model()), "queue_bound": 3}
+    assert limits_in_status(status, "tiny", Limits()).max_sequences == 3
+    assert limits_in_status({**status, "queue_bound": 500}, "tiny", Limits()).max_sequences == Limits().max_sequences
+    assert limits_in_status({**status, "queue_bound": True}, "tiny", Limits()).max_sequences == Limits().max_sequences
