@@ -91,6 +91,8 @@ def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Default number of path steps, or 'auto' (adaptive, to a tolerance)."),
         click.option("--max-steps", type=click.IntRange(min=1), default=300, show_default=True,
                      help="Largest n_steps a request may ask for."),
+        click.option("--max-target-classes", type=click.IntRange(min=1), default=32, show_default=True,
+                     help="Most classes target \"all\" explains in one request (one backward each)."),
         click.option("--max-length", type=click.IntRange(min=2), default=512, show_default=True,
                      help="Tokens kept per text (longer texts are truncated, as the original did)."),
         click.option("--dtype", type=click.Choice(["float32", "bf16"]), default="float32", show_default=True,

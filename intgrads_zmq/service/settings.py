@@ -23,6 +23,7 @@ class ServeSettings:
     n_steps: int | str = 50
     max_steps: int = 300
     max_length: int = 512
+    max_target_classes: int = 32
     dtype: str = "float32"
     memory_budget: int | None = None  # bytes
 
@@ -38,4 +39,5 @@ class ServeSettings:
 
     def request_limits(self) -> dict[str, Any]:
         """Bounds no request may exceed (see Limits)."""
-        return {"max_steps": self.max_steps, "max_length": self.max_length}
+        return {"max_steps": self.max_steps, "max_length": self.max_length,
+                "max_target_classes": self.max_target_classes}

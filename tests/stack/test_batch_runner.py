@@ -12,8 +12,7 @@ cancel), plus one run that starts its own private stack with ``--model``.
 * --model PATH: a private stack, CSV input, tensors in safetensors shards that
   agree with the rows, rows.parquet; no process of the stack is left over;
 * target "all", words, faithfulness metrics and a contrast pass through and
-  reach rows, summary and report (xfail, with the reason, on a server that
-  does not accept those options yet).
+  reach rows, summary and report.
 """
 
 from __future__ import annotations
@@ -198,10 +197,6 @@ NEW_OPTIONS = {"target": "all", "aggregate": "words", "metrics": ["comprehensive
 def test_new_request_options_reach_rows_summary_and_report(stack, tmp_path):
     _, frontend = stack
     status, _, body = frontend.post("/model/?format=json", {"sequence": "a great film", "n_steps": 4, **NEW_OPTIONS})
-    if status == 400:
-        reply = json.loads(body)
-        if reply.get("field") in NEW_OPTIONS:
-            pytest.xfail(f"the server does not accept {reply['field']!r} yet: {reply.get('description')}")
     assert status == 200, body[:500]
 
     source = tmp_path / "few.txt"

@@ -157,3 +157,22 @@ def test_models_and_openapi_show_the_options(web):
     assert "contrast" in properties and "'all'" in properties["target"]["description"]
     assert "(C, 1, T, H)" in properties["target"]["description"]
     assert "4 classes" in properties["target"]["description"]
+
+
+def test_the_class_limit_of_target_all_is_a_serving_flag_that_reaches_the_workers():
+    """--max-target-classes: from the command line to each worker's limits (which
+    it enforces and reports to /models)."""
+    from click.testing import CliRunner
+
+    from intgrads_zmq.cli import main, serve_settings
+    from intgrads_zmq.models.spec import ModelSpec
+    from intgrads_zmq.service.assembly import plan_workers
+
+    (config,) = plan_workers("ipc:///tmp/x", ModelSpec(), serve_settings({
+        "cuda": False, "num_cuda_devs": 1, "workers": None, "baseline": "pad", "method": "gausslegendre",
+        "n_steps": 50, "max_steps": 300, "max_target_classes": 3, "max_length": 512, "dtype": "float32",
+        "memory_budget": None}))
+    assert config.limits["max_target_classes"] == 3
+    assert config.attribution_limits().max_target_classes == 3
+    help_text = CliRunner().invoke(main, ["start", "--help"]).output
+    assert "--max-target-classes" in help_text
