@@ -268,8 +268,13 @@ class ReadyResource:
         status = self.pool.client().status(timeout=self.settings.status_timeout)
         models = status.get("models", {})
         workers = {name: m.get("workers", 0) for name, m in models.items()}
-        missing = [_missing(name, models[name]) for name in sorted(workers) if workers[name] < 1]
-        if workers and not missing:
+        # A model the broker was started to serve (or whose workers failed to
+        # load) must have a worker; one that only remote workers served and
+        # that was drained away (a finished roll-out) must not keep every
+        # frontend out of its Service for good.
+        missing = [_missing(name, models[name]) for name in sorted(workers)
+                   if workers[name] < 1 and (models[name].get("expected") or models[name].get("load_error"))]
+        if any(count > 0 for count in workers.values()) and not missing:
             resp.media = {"ready": True, "workers": workers}
             return
         if missing:

@@ -76,7 +76,7 @@ from ..errors import (
 from . import protocol as p
 from .endpoints import DEFAULT_CLIENT_ENDPOINT, DEFAULT_WORKER_ENDPOINT, ipc_in_use, prepare_private
 from .job_store import JobStore
-from .model_service import BatchGroup, ModelService, Pending
+from .model_service import BatchGroup, ModelService, Pending, differing_keys
 from .peers import PeerLog, SocketWatch
 from .processes import WorkerExit
 from .security import FRONTENDS_DOMAIN, WORKERS_DOMAIN, CurveServer, curve_needed
@@ -765,13 +765,18 @@ class Broker:
             return
         size = sum(tensor.nbytes for tensor in payload.tensors.values())
         limit = pending.body.max_reply
-        if limit is not None and size > limit:
+        # A batch's replies end up in one HTTP body: the bound is on their sum.
+        total = size + (pending.group.tensor_bytes if pending.group is not None else 0)
+        if limit is not None and total > limit:
             self._count("replies_too_large")
+            what = "the reply holds" if total == size else f"sequences[{pending.index}] brings the batch's replies to"
             self._answer_error(pending, PayloadTooLarge(
-                f"the reply holds {size:,} bytes of tensors, more than the {limit:,} bytes the client takes "
+                f"{what} {total:,} bytes of tensors, more than the {limit:,} bytes the client takes "
                 "(INTGRADS_MAX_REPLY, or INTGRADS_MAX_JSON_TENSORS for JSON); ask for fewer 'fields', "
-                "fewer 'n_steps' or a smaller 'max_length'", field="fields"))
+                "fewer 'n_steps', a smaller 'max_length' or fewer texts", field="fields"))
             return
+        if pending.group is not None:
+            pending.group.tensor_bytes = total
         self._answer(pending, p.Command.REPLY, list(message.body), "ok")
 
     def _sending(self, record: WorkerRecord, message: p.Message) -> None:
@@ -941,7 +946,7 @@ class Broker:
             theirs, ours = getattr(info, name), getattr(registered, name)
             if isinstance(theirs, dict) and isinstance(ours, dict):
                 changes += [f"{name}.{key} {theirs.get(key)!r:.60} instead of {ours.get(key)!r:.60}"
-                            for key in sorted(set(theirs) | set(ours), key=str) if theirs.get(key) != ours.get(key)]
+                            for key in differing_keys(theirs, ours)]
             else:
                 changes.append(f"{name} {theirs!r:.120} instead of {ours!r:.120}")
         details = "; ".join(changes)

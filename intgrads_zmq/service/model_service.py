@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import protocol as p
 from .job_store import JobRecord
@@ -46,6 +47,18 @@ class BatchGroup:
     batch_id: str
     members: list[Pending] = field(default_factory=list)
     failed: bool = False
+    tensor_bytes: int = 0  # relayed so far: the client's max_reply bounds the whole batch
+
+
+DESCRIBING_FIELDS = ("description", "labels", "defaults", "limits", "dtype")
+
+
+def differing_keys(theirs: Any, ours: Any) -> list[str]:
+    """What differs between two values of a WorkerInfo field: for dicts, the
+    keys both have with different values; otherwise [""] when the values differ."""
+    if isinstance(theirs, dict) and isinstance(ours, dict):
+        return [str(key) for key in sorted(set(theirs) & set(ours), key=str) if theirs[key] != ours[key]]
+    return [""] if theirs != ours else []
 
 
 @dataclass
@@ -76,11 +89,12 @@ class ModelService:
         worker announcing other labels or limits for a model others serve is
         either misconfigured or an impostor; either way /models must not
         change under the clients' feet.) Where workers run (device, host,
-        pid) may differ."""
+        pid) may differ, and so may keys only one side knows (a newer version
+        of the package adds a limit: a rolling upgrade must not stall)."""
         others = self.workers - {identity}
         if others and self.info is not None:
-            differ = [name for name in ("description", "labels", "defaults", "limits", "dtype")
-                      if getattr(info, name) != getattr(self.info, name)]
+            differ = [name for name in DESCRIBING_FIELDS
+                      if differing_keys(getattr(info, name), getattr(self.info, name))]
             if differ:
                 return differ
         else:

@@ -137,6 +137,9 @@ def test_the_largest_allowed_reply_streams_while_healthz_answers(stack, record, 
            f"max {latencies[-1] * 1000:.0f} ms; peak RSS growth gunicorn {grown['gunicorn']:.0f} MB, "
            f"broker {grown['broker']:.0f} MB")
     assert not failures
+    # The bound: /healthz within 1 s (99 % of probes; one scheduling blip
+    # on a loaded 2-core machine may take longer, never beyond 5 s).
+    assert p99 < 1.0, f"/healthz p99 {p99:.2f} s while a {fmt} reply was produced"
     assert latencies[-1] < 5.0, f"/healthz took {latencies[-1]:.2f} s while a {fmt} reply was produced"
     if fmt != "json":
         # One copy of the reply (the frames as received), not a joined copy on top (2x before).

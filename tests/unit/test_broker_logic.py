@@ -713,6 +713,22 @@ def test_a_reply_over_the_requests_max_reply_is_answered_413_not_relayed(make_br
     assert isinstance(stack.outcome(ok), AttributionPayload)
 
 
+def test_a_batchs_max_reply_bounds_the_sum_of_its_replies_and_the_rest_is_cancelled(make_broker):
+    """Every text's reply may fit while the batch's do not: they end up in one
+    HTTP body, so the bound is on their sum (the frontend would hold them all)."""
+    stack = make_broker()
+    worker = stack.worker()
+    ids = stack.client.submit_batch(["a", "b", "c"], max_reply=7)  # each fake reply holds 4 bytes
+    worker.reply(worker.next_request().request_id)  # 4 bytes: fits
+    worker.reply(worker.next_request().request_id)  # 8 bytes in all: over
+    outcomes = stack.client.wait(ids, 5.0, margin=0.0)
+    assert isinstance(outcomes[ids[0]], AttributionPayload)
+    over = outcomes[ids[1]]
+    assert isinstance(over, PayloadTooLarge) and "sequences[1]" in over.description and "8 bytes" in over.description
+    assert outcomes[ids[2]].code == "cancelled"  # queued behind it: never computed
+    assert stack.status()["counters"]["replies_too_large"] == 1
+
+
 def test_batch_refusals_for_an_unknown_model_or_a_malformed_batch_answer_every_text(make_broker):
     stack = make_broker()
     stack.worker()

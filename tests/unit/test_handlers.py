@@ -415,3 +415,13 @@ def test_a_batch_larger_than_the_brokers_queue_bound_is_refused_by_the_frontend_
     assert limits_in_status(status, "tiny", Limits()).max_sequences == 3
     assert limits_in_status({**status, "queue_bound": 500}, "tiny", Limits()).max_sequences == Limits().max_sequences
     assert limits_in_status({**status, "queue_bound": True}, "tiny", Limits()).max_sequences == Limits().max_sequences
+
+
+def test_a_remote_model_drained_away_does_not_keep_the_frontend_unready():
+    """After a roll-out (`intgrads-broker drain sst2-v1`), the old model is still
+    listed with no worker: readiness must not fail for good because of it."""
+    web, _ = _app(_status(v2=_model(), v1=_model(workers=0, expected=False)))
+    result = web.simulate_get("/readyz")
+    assert result.status_code == 200 and result.json["workers"] == {"v2": 1, "v1": 0}
+    web, _ = _app(_status(v1=_model(workers=0, expected=False)))  # nothing served at all
+    assert web.simulate_get("/readyz").status_code == 503

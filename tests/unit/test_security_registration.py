@@ -98,3 +98,12 @@ def test_a_refused_worker_never_gets_a_request(broker):
     while rogue.sock.poll(100):
         received.append(p.parse(rogue.sock.recv_multipart(), p.WORKER).command)
     assert p.Command.REQUEST not in received  # (DISCONNECTs answer its heartbeats: it is not registered)
+
+
+def test_a_newer_worker_announcing_an_extra_limit_still_joins(broker):
+    """A rolling upgrade: the new package version reports a limit the old one
+    does not know. Only values both sides have are compared, so it joins."""
+    broker.worker("m", "old")
+    announce(broker, "new", info(limits={**LIMITS, "max_new_thing": 7}))
+    wait_until(lambda: broker.status()["models"]["m"]["workers"] == 2)
+    assert broker.status()["counters"].get("workers_refused", 0) == 0
