@@ -326,7 +326,8 @@ def raw_http(port: int, request: bytes, *, timeout: float = 10.0, half_close: bo
 
 
 def read_response(sock: socket.socket) -> tuple[int | None, dict[str, str], bytes]:
-    """Read one HTTP response (to its Content-Length, or to EOF) from ``sock``."""
+    """Read one HTTP response (to its Content-Length, its last chunk, or EOF)
+    from ``sock``; a chunked body is returned de-chunked."""
     data = b""
     while True:
         try:
@@ -342,6 +343,8 @@ def read_response(sock: socket.socket) -> tuple[int | None, dict[str, str], byte
                       if line.lower().startswith(b"content-length:")]
             if length and len(body) >= int(length[0]):
                 break
+            if b"transfer-encoding: chunked" in head.lower() and body.endswith(b"0\r\n\r\n"):
+                break
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     if not lines[0].startswith(b"HTTP/"):
@@ -351,7 +354,24 @@ def read_response(sock: socket.socket) -> tuple[int | None, dict[str, str], byte
     for line in lines[1:]:
         name, _, value = line.partition(b":")
         headers[name.decode("latin-1").strip().lower()] = value.decode("latin-1").strip()
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        body = dechunk(body)
     return status, headers, body
+
+
+def dechunk(body: bytes) -> bytes:
+    """The payload of a chunked HTTP body (as much as arrived)."""
+    out, rest = [], body
+    while rest:
+        size_line, sep, rest = rest.partition(b"\r\n")
+        if not sep:
+            break
+        size = int(size_line.split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            break
+        out.append(rest[:size])
+        rest = rest[size + 2:]
+    return b"".join(out)
 
 
 def http(method: str, url: str, *, data: bytes | None = None, headers: dict[str, str] | None = None,
