@@ -472,9 +472,26 @@ def describe_worker(config: WorkerConfig, adapter: Any, load_seconds: float) -> 
         host=pysocket.gethostname(),
         pid=os.getpid(),
         load_seconds=round(load_seconds, 2),
-        capabilities={"methods": list(METHODS), "baselines": list(BASELINES), "fields": list(TENSOR_FIELDS),
+        capabilities={"methods": list(METHODS), "baselines": available_baselines(adapter), "fields": list(TENSOR_FIELDS),
                       "aggregates": list(AGGREGATES), "metrics": list(METRICS)},
     )
+
+
+TOKEN_BASELINES = ("pad", "unk", "period", "mask")  # need that token in the model's vocabulary
+
+
+def available_baselines(adapter: Any) -> list[str]:
+    """The baselines this model can use: a token-id baseline needs its token
+    (a model without a mask token must not advertise ``mask``)."""
+    usable = []
+    for name in BASELINES:
+        if name in TOKEN_BASELINES:
+            try:
+                adapter.special_token_id(name)
+            except IntgradsError:
+                continue
+        usable.append(name)
+    return usable
 
 
 def report_load_failure(config: WorkerConfig, error: str, wait_ms: int = 2000) -> None:

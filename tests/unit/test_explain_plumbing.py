@@ -197,6 +197,11 @@ def test_the_worker_answers_400_for_a_mask_baseline_without_a_mask_token(tiny_be
     error = answer(computer, TEXT, {"n_steps": 2, "baseline": "mask"})
     assert isinstance(error, BadRequest) and error.field == "baseline" and error.status == 400
     assert "no mask token" in error.description
+    # ... and /models (the worker's READY) does not offer it for this model
+    from intgrads_zmq.service.worker import describe_worker
+
+    offered = describe_worker(WorkerConfig(connect="inproc://unused"), adapter, 0.0).capabilities["baselines"]
+    assert "mask" not in offered and {"pad", "unk", "zero"} <= set(offered)
 
 
 def test_the_real_modules_with_all_words_and_metrics(tiny_bert):
