@@ -23,14 +23,13 @@ from .broker_pool import BrokerPool
 from .host_check import RequireHost
 from .jobs import JobResource, JobResultResource, JobsResource
 from .metrics import Metrics
-from .model_limits import ModelLimits
+from .model_limits import ModelLimits, StatusCache
 from .openapi import openapi_document
 from .resources import (
     AttributionResource,
     HealthResource,
     ModelsResource,
     ReadyResource,
-    StatusCache,
 )
 from .settings import FrontendSettings
 
@@ -133,7 +132,7 @@ def create_app(settings: FrontendSettings | None = None, pool: BrokerPool | None
     # One cached status per process: the limits requests are checked against,
     # and the model sizes that bound their replies before anything is computed.
     cached = StatusCache(status)
-    limits = ModelLimits(cached.get, settings.limits, ttl=0.0)  # type: ignore[arg-type]
+    limits = ModelLimits(cached, settings.limits)
     metrics = Metrics(status)
     # RequireHost first: a request without a valid Host is refused before anything runs.
     app = falcon.App(middleware=[RequireHost(), metrics, RevalidatePage()])

@@ -29,22 +29,20 @@ WORKER_ENFORCED = ("max_steps", "max_length", "max_target_classes")
 CACHE_SECONDS = 3.0
 
 
-class ModelLimits:
-    """Per-model limits from the broker's status, cached briefly."""
+class StatusCache:
+    """The broker's status, at most ``ttl`` seconds old (None while the broker
+    does not answer: a failure is cached too, so a down broker does not cost
+    every request a status timeout). Shared by the threads of a process."""
 
-    def __init__(self, status: Callable[[], dict[str, Any]], fallback: Limits,
-                 ttl: float = CACHE_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, status: Callable[[], dict[str, Any]], ttl: float = CACHE_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._status = status
-        self.fallback = fallback
         self.ttl = ttl
         self._clock = clock
         self._lock = threading.Lock()
         self._cached: tuple[float, dict[str, Any] | None] | None = None
 
-    def _models(self) -> dict[str, Any] | None:
-        """The status (None when the broker did not answer), at most ``ttl`` old.
-        A failure is cached too, so a down broker does not cost every request
-        a status timeout on top of its own."""
+    def get(self) -> dict[str, Any] | None:
         now = self._clock()
         with self._lock:
             if self._cached is not None and now - self._cached[0] < self.ttl:
@@ -57,9 +55,26 @@ class ModelLimits:
             self._cached = (now, status)
         return status
 
+    def model(self, name: str | None) -> dict[str, Any] | None:
+        """``name``'s entry (None: the default model's), if the broker knows it."""
+        status = self.get()
+        if not status:
+            return None
+        model = status.get("models", {}).get(name or status.get("default_model") or "")
+        return model if isinstance(model, dict) else None
+
+
+class ModelLimits:
+    """Per-model limits from the broker's status (read through a StatusCache,
+    which the frontend shares with the reply-size checks)."""
+
+    def __init__(self, cache: StatusCache, fallback: Limits) -> None:
+        self.cache = cache
+        self.fallback = fallback
+
     def for_model(self, name: str | None) -> Limits:
         """The limits of ``name`` (None: the broker's default model)."""
-        return limits_in_status(self._models(), name, self.fallback)
+        return limits_in_status(self.cache.get(), name, self.fallback)
 
 
 def _positive_int(value: Any) -> bool:

@@ -17,9 +17,6 @@ one BATCH, admitted whole or refused at once.
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import falcon
@@ -34,43 +31,8 @@ from . import sse
 from .body import read_json_body
 from .broker_pool import BrokerPool
 from .disconnect import client_gone_check
-from .model_limits import ModelLimits, limits_in_status
+from .model_limits import ModelLimits, StatusCache, limits_in_status
 from .settings import FrontendSettings
-
-
-class StatusCache:
-    """The broker's status, at most ``ttl`` seconds old (None while the broker
-    does not answer: a failure is cached too, so a down broker does not cost
-    every request a status timeout). Shared by the threads of a process."""
-
-    def __init__(self, status: Callable[[], dict[str, Any]], ttl: float = 3.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._status = status
-        self.ttl = ttl
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._cached: tuple[float, dict[str, Any] | None] | None = None
-
-    def get(self) -> dict[str, Any] | None:
-        now = self._clock()
-        with self._lock:
-            if self._cached is not None and now - self._cached[0] < self.ttl:
-                return self._cached[1]
-        try:
-            status: dict[str, Any] | None = self._status()
-        except IntgradsError:
-            status = None
-        with self._lock:
-            self._cached = (now, status)
-        return status
-
-    def model(self, name: str | None) -> dict[str, Any] | None:
-        """``name``'s entry (None: the default model's), if the broker knows it."""
-        status = self.get()
-        if not status:
-            return None
-        model = status.get("models", {}).get(name or status.get("default_model") or "")
-        return model if isinstance(model, dict) else None
 
 
 class AttributionResource:

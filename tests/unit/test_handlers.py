@@ -17,7 +17,7 @@ import falcon.testing
 import pytest
 
 from frontend.falcon_app import create_app
-from frontend.model_limits import ModelLimits
+from frontend.model_limits import ModelLimits, StatusCache
 from frontend.settings import FrontendSettings
 from intgrads_zmq import errors
 from intgrads_zmq.encoding import FORMATS
@@ -244,7 +244,7 @@ def test_without_a_broker_the_frontend_defaults_apply():
 def test_the_broker_status_is_asked_once_per_cache_period():
     now = [0.0]
     fake = FakeClient(_status(tiny=_model(max_steps=1000)))
-    limits = ModelLimits(fake.status, Limits(), ttl=3.0, clock=lambda: now[0])
+    limits = ModelLimits(StatusCache(fake.status, ttl=3.0, clock=lambda: now[0]), Limits())
     assert limits.for_model("tiny").max_steps == 1000 and limits.for_model(None).max_steps == 1000
     assert limits.for_model("unknown").max_steps == Limits().max_steps
     assert fake.status_calls == 1
