@@ -379,13 +379,18 @@ class Computer:
             return
         from ..encoding.reply_size import reply_too_large, tensor_bytes_for
 
-        tokens = self.adapter.encode(job.body.sequence, options.max_length).length
         hidden = self.adapter.size_hints()["hidden"]
-        size = tensor_bytes_for(tokens, int(options.n_steps), hidden, options.fields)
-        if options.every_class:  # the per-class tensors gain a class axis
-            per_class = tensor_bytes_for(tokens, int(options.n_steps), hidden,
-                                         set(options.fields) & {"integrated_gradients", "intermediate_gradients"})
-            size += (len(self.adapter.labels) - 1) * per_class
+        per_class_fields = set(options.fields) & {"integrated_gradients", "intermediate_gradients"}
+        extra_classes = len(self.adapter.labels) - 1 if options.every_class else 0
+
+        def size_for(tokens: int) -> int:  # the per-class tensors gain a class axis for "all"
+            steps = int(options.n_steps)
+            return (tensor_bytes_for(tokens, steps, hidden, options.fields)
+                    + extra_classes * tensor_bytes_for(tokens, steps, hidden, per_class_fields))
+
+        if size_for(options.max_length) <= job.body.max_reply:
+            return  # fits even at the longest: no need to tokenise twice
+        size = size_for(self.adapter.encode(job.body.sequence, options.max_length).length)
         if size > job.body.max_reply:
             raise reply_too_large(size, job.body.max_reply, exact=True)
 
